@@ -1,0 +1,80 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using System.Globalization;
+
+namespace EchoKit.Cli;
+
+/// <summary>Option and argument factories shared by the commands, each with its own validation message.</summary>
+internal static class CliOptions
+{
+    /// <summary>
+    /// A duration option (500ms, 2s, 5m, 1h, plain seconds). Read it with <see cref="DurationOption.Get"/>;
+    /// the help shows the default as a user would type it, not as a TimeSpan.
+    /// </summary>
+    public static DurationOption Duration(string name, string description, string? defaultText, bool allowZero = true)
+    {
+        var option = new Option<TimeSpan?>(name)
+        {
+            Description = defaultText is null ? description : $"{description} [default: {defaultText}]",
+            HelpName = "duration",
+            CustomParser = result => ParseDuration(result, name, allowZero),
+        };
+        TimeSpan? fallback = defaultText is not null && Durations.TryParse(defaultText, out var value, out _) ? value : null;
+        return new DurationOption(option, fallback);
+    }
+
+    private static TimeSpan? ParseDuration(ArgumentResult result, string name, bool allowZero)
+    {
+        string text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+        if (!Durations.TryParse(text, out var value, out string error))
+        {
+            result.AddError($"invalid {name} value: {error}");
+            return TimeSpan.Zero;
+        }
+
+        if (!allowZero && value == TimeSpan.Zero)
+        {
+            result.AddError($"invalid {name} value: '{text}' must be greater than zero");
+        }
+
+        return value;
+    }
+
+    /// <summary>An integer option with an inclusive range and a message that says it.</summary>
+    public static Option<int> Integer(string name, string description, int defaultValue, int min, int max, string? alias = null)
+    {
+        var option = alias is null ? new Option<int>(name) : new Option<int>(name, alias);
+        option.Description = description;
+        option.DefaultValueFactory = _ => defaultValue;
+        option.CustomParser = result => ParseInteger(result, name, min, max);
+        return option;
+    }
+
+    public static int ParseInteger(ArgumentResult result, string name, int min, int max)
+    {
+        string text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+        if (!long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out long value))
+        {
+            result.AddError($"invalid {name} value '{text}': not a whole number (expected {min} to {max})");
+            return 0;
+        }
+
+        if (value < min || value > max)
+        {
+            result.AddError($"invalid {name} value '{text}': out of range (expected {min} to {max})");
+            return 0;
+        }
+
+        return (int)value;
+    }
+
+    /// <summary>Port numbers: 0 lets the OS pick (for serve); 1-65535 otherwise.</summary>
+    public static bool TryParsePort(string text, int min, out int port) =>
+        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out port) && port >= min && port <= 65535;
+}
+
+/// <summary>A duration option and its default (null: no default, the feature is off unless given).</summary>
+internal sealed record DurationOption(Option<TimeSpan?> Option, TimeSpan? Default)
+{
+    public TimeSpan? Get(ParseResult result) => result.GetValue(Option) ?? Default;
+}

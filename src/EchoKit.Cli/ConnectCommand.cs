@@ -1,0 +1,199 @@
+using System.CommandLine;
+using System.Net.Sockets;
+using EchoKit.Client;
+
+namespace EchoKit.Cli;
+
+/// <summary><c>echokit connect</c>: the client, interactive like nc, or one-shot with --send.</summary>
+internal static class ConnectCommand
+{
+    private const int DefaultPort = 8888;
+
+    public static Command Create()
+    {
+        var host = new Argument<string>("host") { Description = "Server name or address: host, 1.2.3.4, ::1, [::1]:8888 or host:port" };
+        var port = new Argument<string?>("port") { Description = $"Server port [default: {DefaultPort}]", Arity = ArgumentArity.ZeroOrOne };
+        var send = new Option<string?>("--send", "-s")
+        {
+            Description = "One-shot: send TEXT (C escapes \\r \\n \\t \\0 \\\\ \\xHH), print the reply, exit",
+            HelpName = "text",
+        };
+        var expect = new Option<int?>("--expect", "-e")
+        {
+            Description = "One-shot: stop once N bytes have arrived (fewer is an error, exit 8)",
+            HelpName = "N",
+            CustomParser = r => CliOptions.ParseInteger(r, "--expect", 1, int.MaxValue),
+        };
+        var wait = CliOptions.Duration("--wait", "One-shot: stop when nothing has arrived for this long", "2s", allowZero: false);
+        var halfClose = new Option<bool>("--half-close", "-N")
+        {
+            Description = "One-shot: shut down the send side after sending (as nc -N); interactive mode always does at stdin EOF",
+        };
+        var connectTimeout = CliOptions.Duration("--connect-timeout", "Give up connecting to an address after this long", "10s", allowZero: false);
+        var recvTimeout = CliOptions.Duration("--recv-timeout", "Fail when no byte arrives for this long [default: none]", null, allowZero: false);
+        var sendTimeout = CliOptions.Duration("--send-timeout", "Fail when a send makes no progress for this long [default: none]", null, allowZero: false);
+
+        var command = new Command("connect", "Connect to a TCP server: stdin to the socket and the socket to stdout, or one-shot with --send.")
+        {
+            host, port, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
+        };
+
+        command.SetAction(async (result, cancellationToken) =>
+        {
+            if (!TryParseTarget(result.GetValue(host)!, result.GetValue(port), out string targetHost, out int targetPort, out string? error))
+            {
+                return Program.Fail(ExitCodes.Usage, error!);
+            }
+
+            byte[]? payload = null;
+            if (result.GetValue(send) is { } text && !CEscapes.TryDecode(text, out payload, out string escapeError))
+            {
+                return Program.Fail(ExitCodes.Usage, $"invalid --send value: {escapeError}");
+            }
+
+            var settings = new ClientSettings(
+                result.GetValue(expect), wait.Get(result)!.Value, result.GetValue(halfClose),
+                connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result));
+            return await RunAsync(targetHost, targetPort, payload, settings).ConfigureAwait(false);
+        });
+        return command;
+    }
+
+    private sealed record ClientSettings(int? Expect, TimeSpan Wait, bool HalfClose, TimeSpan ConnectTimeout, TimeSpan? RecvTimeout, TimeSpan? SendTimeout);
+
+    /// <summary>Accepts "host", "host PORT", "host:port", "[v6]:port", "[v6]" and a bare IPv6 literal.</summary>
+    internal static bool TryParseTarget(string hostText, string? portText, out string host, out int port, out string? error)
+    {
+        host = hostText;
+        port = DefaultPort;
+        error = null;
+        string? embeddedPort = null;
+        if (hostText.StartsWith('['))
+        {
+            int close = hostText.IndexOf(']', StringComparison.Ordinal);
+            if (close < 0 || (close + 1 < hostText.Length && hostText[close + 1] != ':'))
+            {
+                error = $"invalid host '{hostText}': expected [IPv6] or [IPv6]:port";
+                return false;
+            }
+
+            host = hostText[1..close];
+            embeddedPort = close + 2 <= hostText.Length - 1 ? hostText[(close + 2)..] : (close + 1 < hostText.Length ? "" : null);
+        }
+        else if (hostText.Count(c => c == ':') == 1)
+        {
+            int colon = hostText.IndexOf(':', StringComparison.Ordinal);
+            host = hostText[..colon];
+            embeddedPort = hostText[(colon + 1)..];
+        }
+
+        if (host.Length == 0)
+        {
+            error = $"invalid host '{hostText}': empty host name";
+            return false;
+        }
+
+        if (embeddedPort is not null && portText is not null)
+        {
+            error = $"port given twice: '{hostText}' and '{portText}'";
+            return false;
+        }
+
+        string? chosen = embeddedPort ?? portText;
+        if (chosen is not null && !CliOptions.TryParsePort(chosen, 1, out port))
+        {
+            error = $"invalid port '{chosen}': expected a number from 1 to 65535";
+            return false;
+        }
+
+        return true;
+    }
+
+    private static async Task<int> RunAsync(string host, int port, byte[]? payload, ClientSettings settings)
+    {
+        Socket socket;
+        try
+        {
+            socket = await SocketConnector.ConnectAsync(host, port, settings.ConnectTimeout).ConfigureAwait(false);
+        }
+        catch (ConnectFailedException e)
+        {
+            return Program.Fail(ExitCodeOf(e), e.Message);
+        }
+
+        using (socket)
+        {
+            Console.Error.WriteLine($"echokit: connected to {EndPointText.Format(socket.RemoteEndPoint)}");
+            try
+            {
+                return payload is null
+                    ? await InteractiveSession.RunAsync(socket, settings.RecvTimeout, settings.SendTimeout).ConfigureAwait(false)
+                    : await OneShotAsync(socket, payload, settings).ConfigureAwait(false);
+            }
+            catch (SocketException e)
+            {
+                return Program.Fail(ExitCodeOf(e.SocketErrorCode), $"connection to {host}:{port} failed: {SocketErrorText.Describe(e.SocketErrorCode)}");
+            }
+            catch (TransferTimeoutException e)
+            {
+                return Program.Fail(ExitCodes.TimedOut, e.Message);
+            }
+        }
+    }
+
+    private static async Task<int> OneShotAsync(Socket socket, byte[] payload, ClientSettings settings)
+    {
+        await TimedTransfer.SendAsync(socket, payload, settings.SendTimeout).ConfigureAwait(false);
+        if (settings.HalfClose)
+        {
+            socket.Shutdown(SocketShutdown.Send);
+        }
+
+        using var stdout = Console.OpenStandardOutput();
+        var buffer = new byte[64 * 1024];
+        long total = 0;
+        string ending = "no data for " + Durations.Format(settings.Wait);
+        while (settings.Expect is null || total < settings.Expect)
+        {
+            // --wait ends the reply normally; --recv-timeout, when shorter, is an error.
+            bool recvTimeoutFirst = settings.RecvTimeout is { } r && r <= settings.Wait;
+            int received = await TimedTransfer.ReceiveAsync(socket, buffer, recvTimeoutFirst ? settings.RecvTimeout : settings.Wait,
+                throwOnTimeout: recvTimeoutFirst).ConfigureAwait(false);
+            if (received < 0)
+            {
+                break; // --wait passed with no data
+            }
+
+            if (received == 0)
+            {
+                ending = "connection closed by peer";
+                break;
+            }
+
+            int toPrint = settings.Expect is { } e ? (int)Math.Min(received, e - total) : received;
+            stdout.Write(buffer, 0, toPrint);
+            stdout.Flush();
+            total += received;
+        }
+
+        Console.Error.WriteLine($"echokit: received {total} bytes; {(settings.Expect is { } n && total >= n ? $"{n} expected bytes arrived" : ending)}");
+        if (settings.Expect is { } expected && total < expected)
+        {
+            return Program.Fail(ExitCodes.ShortRead, $"expected {expected} bytes, received {total} ({ending})");
+        }
+
+        return ExitCodes.Ok;
+    }
+
+    internal static int ExitCodeOf(ConnectFailedException e) =>
+        e.IsResolutionFailure ? ExitCodes.HostNotFound : ExitCodeOf(e.SocketError);
+
+    internal static int ExitCodeOf(SocketError error) => error switch
+    {
+        SocketError.ConnectionRefused => ExitCodes.ConnectionRefused,
+        SocketError.TimedOut => ExitCodes.TimedOut,
+        SocketError.ConnectionReset or SocketError.Shutdown or SocketError.ConnectionAborted => ExitCodes.ConnectionReset,
+        SocketError.HostNotFound or SocketError.TryAgain or SocketError.NoData => ExitCodes.HostNotFound,
+        _ => ExitCodes.Error,
+    };
+}

@@ -1,0 +1,55 @@
+using System.Net.Sockets;
+using EchoKit.Client;
+
+namespace EchoKit.Cli;
+
+/// <summary>
+/// nc-style session: stdin → socket and socket → stdout at once. At stdin EOF the send side is
+/// shut down (the server sees a FIN) and printing goes on until the server closes.
+/// </summary>
+internal static class InteractiveSession
+{
+    public static async Task<int> RunAsync(Socket socket, TimeSpan? recvTimeout, TimeSpan? sendTimeout)
+    {
+        // Console streams block on read; the pump gets a thread of its own so it cannot hold up the pool.
+        var upload = Task.Factory.StartNew(() => PumpStdinAsync(socket, sendTimeout), CancellationToken.None,
+            TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+        var download = PumpToStdoutAsync(socket, recvTimeout);
+
+        var first = await Task.WhenAny(upload, download).ConfigureAwait(false);
+        if (first == upload && upload.IsFaulted && !download.IsCompleted)
+        {
+            // A failed send (reset, timeout) ends the session; the receive side would only repeat it.
+            await upload.ConfigureAwait(false);
+        }
+
+        await download.ConfigureAwait(false);
+        Console.Error.WriteLine("echokit: connection closed by peer");
+        return ExitCodes.Ok;
+    }
+
+    private static async Task PumpStdinAsync(Socket socket, TimeSpan? sendTimeout)
+    {
+        using var stdin = Console.OpenStandardInput();
+        var buffer = new byte[16 * 1024];
+        int read;
+        while ((read = stdin.Read(buffer, 0, buffer.Length)) > 0)
+        {
+            await TimedTransfer.SendAsync(socket, buffer.AsMemory(0, read), sendTimeout).ConfigureAwait(false);
+        }
+
+        socket.Shutdown(SocketShutdown.Send);
+    }
+
+    private static async Task PumpToStdoutAsync(Socket socket, TimeSpan? recvTimeout)
+    {
+        using var stdout = Console.OpenStandardOutput();
+        var buffer = new byte[64 * 1024];
+        int received;
+        while ((received = await TimedTransfer.ReceiveAsync(socket, buffer, recvTimeout, throwOnTimeout: true).ConfigureAwait(false)) > 0)
+        {
+            stdout.Write(buffer, 0, received);
+            stdout.Flush();
+        }
+    }
+}

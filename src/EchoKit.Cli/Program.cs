@@ -1,0 +1,53 @@
+using System.CommandLine;
+
+namespace EchoKit.Cli
+{
+    internal static class Program
+    {
+        public static async Task<int> Main(string[] args)
+        {
+            var root = new RootCommand("EchoKit: the TCP echo server, client and load tester.")
+            {
+                ServeCommand.Create(),
+                ConnectCommand.Create(),
+            };
+
+            var parsed = root.Parse(args);
+            if (parsed.Errors.Count > 0)
+            {
+                // One line: the first problem, and where to read more.
+                string more = parsed.Errors.Count > 1 ? $" (and {parsed.Errors.Count - 1} more)" : "";
+                return Fail(ExitCodes.Usage, $"{parsed.Errors[0].Message.TrimEnd('.')}{more}; see '{UsageOf(parsed)} --help'");
+            }
+
+            try
+            {
+                // The serve command owns SIGINT/SIGTERM (graceful drain); System.CommandLine's own handler
+                // would cancel the action and kill the process after 2 s, so it is switched off.
+                return await parsed.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null }).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                return Fail(ExitCodes.Error, $"unexpected error: {e.Message}");
+            }
+        }
+
+        /// <summary>Writes the one line a failure gets and returns its exit code.</summary>
+        public static int Fail(int exitCode, string message)
+        {
+            Console.Error.WriteLine($"echokit: {message}");
+            return exitCode;
+        }
+
+        private static string UsageOf(ParseResult parsed)
+        {
+            var names = new List<string>();
+            for (var command = parsed.CommandResult; command is not null; command = command.Parent as System.CommandLine.Parsing.CommandResult)
+            {
+                names.Insert(0, command.Command is RootCommand ? "echokit" : command.Command.Name);
+            }
+
+            return string.Join(' ', names);
+        }
+    }
+}

@@ -1,0 +1,152 @@
+using System.CommandLine;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+
+namespace EchoKit.Cli;
+
+/// <summary><c>echokit serve</c>: the multi-client TCP echo server.</summary>
+internal static class ServeCommand
+{
+    public static Command Create()
+    {
+        var port = new Option<int>("--port", "-p")
+        {
+            Description = "TCP port to listen on (0: let the OS choose; the log line says which)",
+            DefaultValueFactory = _ => 8888,
+            CustomParser = r => CliOptions.ParseInteger(r, "--port", 0, 65535),
+        };
+        var bind = new Option<string?>("--bind", "-b")
+        {
+            Description = "Address or host name to listen on [default: all interfaces, IPv4 and IPv6 (dual-stack)]",
+            HelpName = "address",
+        };
+        var noGreeting = new Option<bool>("--no-greeting") { Description = "Do not send the three greeting lines (plain RFC 862 echo)" };
+        var quiet = new Option<bool>("--quiet", "-q") { Description = "Do not write received bytes to stdout" };
+        var shutdownTimeout = CliOptions.Duration("--shutdown-timeout", "On SIGINT/SIGTERM, how long connections may finish before they are aborted", "5s");
+        var logLevel = new Option<LogLevel>("--log-level")
+        {
+            Description = "Least severe event written to stderr: Trace, Debug, Information, Warning, Error, Critical, None",
+            DefaultValueFactory = _ => LogLevel.Information,
+        };
+
+        var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
+        {
+            port, bind, noGreeting, quiet, shutdownTimeout.Option, logLevel,
+        };
+
+        command.SetAction(async (result, _) =>
+        {
+            IReadOnlyList<IPAddress> addresses = [];
+            string? bindText = result.GetValue(bind);
+            if (bindText is not null)
+            {
+                var resolved = await ResolveBindAsync(bindText).ConfigureAwait(false);
+                if (resolved.Error is not null)
+                {
+                    return Program.Fail(resolved.ExitCode, resolved.Error);
+                }
+
+                addresses = resolved.Addresses;
+            }
+
+            var options = new EchoServerOptions
+            {
+                Port = result.GetValue(port),
+                BindAddresses = addresses,
+                SendGreeting = !result.GetValue(noGreeting),
+                ShutdownTimeout = shutdownTimeout.Get(result)!.Value,
+            };
+            return await RunAsync(options, result.GetValue(quiet), result.GetValue(logLevel)).ConfigureAwait(false);
+        });
+        return command;
+    }
+
+    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, LogLevel level)
+    {
+        using var loggerFactory = LoggerFactory.Create(builder => builder
+            .SetMinimumLevel(level)
+            .AddSimpleConsole(o =>
+            {
+                o.SingleLine = true;
+                o.TimestampFormat = "HH:mm:ss.fff ";
+                o.ColorBehavior = LoggerColorBehavior.Default;
+            })
+            .AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace));
+        var logger = loggerFactory.CreateLogger("echokit");
+
+        StdoutPayloadSink? sink = quiet ? null : new StdoutPayloadSink(Console.OpenStandardOutput());
+        var server = new EchoServer(options, logger, sink);
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        // We own SIGINT and SIGTERM (System.CommandLine's handler is off, see Program): the first one
+        // starts a graceful stop bounded by --shutdown-timeout; the process then exits 0.
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true;
+            stop.TrySetResult();
+        }
+
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        try
+        {
+            server.Start();
+        }
+        catch (ListenFailedException e)
+        {
+            if (sink is not null)
+            {
+                await sink.DisposeAsync().ConfigureAwait(false);
+            }
+
+            return Program.Fail(ExitCodes.CannotListen, e.Message + Hint(e));
+        }
+
+        await stop.Task.ConfigureAwait(false);
+        await server.StopAsync().ConfigureAwait(false);
+        if (sink is not null)
+        {
+            await sink.DisposeAsync().ConfigureAwait(false);
+        }
+
+        return ExitCodes.Ok;
+    }
+
+    private static string Hint(ListenFailedException e) => e.SocketError switch
+    {
+        SocketError.AddressAlreadyInUse when e.EndPoint is IPEndPoint ip =>
+            $"; another process holds the port: find it with `ss -ltnp 'sport = :{ip.Port}'`, or choose another --port",
+        SocketError.AccessDenied => "; ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a --port of 1024 or more",
+        SocketError.AddressNotAvailable => "; this machine has no such address: check `ip addr`, or omit --bind to listen on all interfaces",
+        _ => "",
+    };
+
+    private static async Task<(IReadOnlyList<IPAddress> Addresses, string? Error, int ExitCode)> ResolveBindAsync(string text)
+    {
+        string host = text.Length > 1 && text[0] == '[' && text[^1] == ']' ? text[1..^1] : text;
+        if (IPAddress.TryParse(host, out var literal))
+        {
+            return ([literal], null, ExitCodes.Ok);
+        }
+
+        if (host.Length == 0 || host.Contains(' ', StringComparison.Ordinal))
+        {
+            return ([], $"invalid --bind value '{text}': not an IP address or host name", ExitCodes.Usage);
+        }
+
+        try
+        {
+            var addresses = await Dns.GetHostAddressesAsync(host).ConfigureAwait(false);
+            return addresses.Length > 0
+                ? (addresses, null, ExitCodes.Ok)
+                : ([], $"cannot resolve --bind {text}: {SocketErrorText.Describe(SocketError.HostNotFound)}", ExitCodes.HostNotFound);
+        }
+        catch (SocketException e)
+        {
+            return ([], $"cannot resolve --bind {text}: {SocketErrorText.Describe(e.SocketErrorCode)}", ExitCodes.HostNotFound);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace EchoKit.Client;
+
+/// <summary>Opens client connections the way nc does: resolve, then try every address in turn.</summary>
+public static class SocketConnector
+{
+    /// <summary>
+    /// Resolves <paramref name="host"/> (a name or an IPv4/IPv6 literal) and connects to the first
+    /// address that accepts within <paramref name="timeout"/> (per address; <see cref="Timeout.InfiniteTimeSpan"/> for none).
+    /// Throws <see cref="ConnectFailedException"/> naming what failed and why.
+    /// </summary>
+    public static async Task<Socket> ConnectAsync(string host, int port, TimeSpan timeout, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(host);
+        IPAddress[] addresses;
+        if (IPAddress.TryParse(host.Trim('[', ']'), out var literal))
+        {
+            addresses = [literal];
+        }
+        else
+        {
+            try
+            {
+                addresses = await Dns.GetHostAddressesAsync(host, cancellationToken).ConfigureAwait(false);
+            }
+            catch (SocketException e)
+            {
+                throw new ConnectFailedException($"cannot resolve {host}: {SocketErrorText.Describe(e.SocketErrorCode)}", host, port, e.SocketErrorCode, e);
+            }
+
+            if (addresses.Length == 0)
+            {
+                throw new ConnectFailedException($"cannot resolve {host}: {SocketErrorText.Describe(SocketError.HostNotFound)}", host, port, SocketError.HostNotFound);
+            }
+        }
+
+        ConnectFailedException? last = null;
+        foreach (var address in addresses)
+        {
+            var endPoint = new IPEndPoint(address, port);
+            var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            using var attempt = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            if (timeout != Timeout.InfiniteTimeSpan)
+            {
+                attempt.CancelAfter(timeout);
+            }
+
+            try
+            {
+                await socket.ConnectAsync(endPoint, attempt.Token).ConfigureAwait(false);
+                socket.NoDelay = true;
+                return socket;
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                socket.Dispose();
+                last = new ConnectFailedException(
+                    $"connect to {EndPointText.Format(endPoint)} failed: timed out after {Durations.Format(timeout)} (ETIMEDOUT)",
+                    host, port, SocketError.TimedOut);
+            }
+            catch (SocketException e)
+            {
+                socket.Dispose();
+                last = new ConnectFailedException(
+                    $"connect to {EndPointText.Format(endPoint)} failed: {SocketErrorText.Describe(e.SocketErrorCode)}",
+                    host, port, e.SocketErrorCode, e);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+        }
+
+        throw last!;
+    }
+}
+
+/// <summary>A connection could not be opened: name resolution, refusal, timeout or another socket error.</summary>
+public sealed class ConnectFailedException(string message, string host, int port, SocketError error, Exception? inner = null)
+    : Exception(message, inner)
+{
+    public string Host { get; } = host;
+
+    public int Port { get; } = port;
+
+    public SocketError SocketError { get; } = error;
+
+    public bool IsResolutionFailure => SocketError is SocketError.HostNotFound or SocketError.TryAgain or SocketError.NoData or SocketError.NoRecovery;
+}

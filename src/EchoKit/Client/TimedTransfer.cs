@@ -1,0 +1,60 @@
+using System.Net.Sockets;
+
+namespace EchoKit.Client;
+
+/// <summary>
+/// Socket sends and receives with a "no progress for this long" limit, done with cancellation
+/// (Socket.SendTimeout/ReceiveTimeout only apply to synchronous calls).
+/// </summary>
+public static class TimedTransfer
+{
+    /// <summary>Sends everything; throws <see cref="TransferTimeoutException"/> if the whole send takes longer than <paramref name="timeout"/>.</summary>
+    public static async ValueTask SendAsync(Socket socket, ReadOnlyMemory<byte> data, TimeSpan? timeout, CancellationToken cancellationToken = default)
+    {
+        if (timeout is null)
+        {
+            await socket.SendAllAsync(data, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        cts.CancelAfter(timeout.Value);
+        try
+        {
+            await socket.SendAllAsync(data, cts.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new TransferTimeoutException($"send timed out: no progress for {Durations.Format(timeout.Value)} (ETIMEDOUT); the peer is not reading");
+        }
+    }
+
+    /// <summary>
+    /// One receive. Returns the byte count (0: the peer shut down), or -1 when <paramref name="timeout"/>
+    /// passed with no data and <paramref name="throwOnTimeout"/> is false; otherwise throws <see cref="TransferTimeoutException"/>.
+    /// </summary>
+    public static async ValueTask<int> ReceiveAsync(Socket socket, Memory<byte> buffer, TimeSpan? timeout, bool throwOnTimeout,
+        CancellationToken cancellationToken = default)
+    {
+        if (timeout is null)
+        {
+            return await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
+        }
+
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        cts.CancelAfter(timeout.Value);
+        try
+        {
+            return await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            return throwOnTimeout
+                ? throw new TransferTimeoutException($"receive timed out: no data for {Durations.Format(timeout.Value)} (ETIMEDOUT)")
+                : -1;
+        }
+    }
+}
+
+/// <summary>A send or receive made no progress within its timeout.</summary>
+public sealed class TransferTimeoutException(string message) : TimeoutException(message);

@@ -1,0 +1,45 @@
+namespace EchoKit;
+
+/// <summary>
+/// Why a connection ended. Logs, metrics and tests all read this one value
+/// (after Pipelines.Sockets.Unofficial's PipeShutdownKind).
+/// </summary>
+public enum CloseReason
+{
+    /// <summary>Still open.</summary>
+    None = 0,
+    /// <summary>The peer shut down its send side (FIN) and everything it sent was echoed.</summary>
+    PeerClosed,
+    /// <summary>The peer reset the connection (ECONNRESET, EPIPE).</summary>
+    PeerReset,
+    /// <summary>The server is shutting down and closed the connection gracefully.</summary>
+    ServerShutdown,
+    /// <summary>The server shut down and the connection did not finish within the shutdown timeout.</summary>
+    ShutdownTimeout,
+    /// <summary>No byte was received for the idle timeout.</summary>
+    IdleTimeout,
+    /// <summary>The peer did not read, so the server could not send for the send timeout.</summary>
+    SendTimeout,
+    /// <summary>Refused at accept time because the connection limit was reached.</summary>
+    ServerBusy,
+    /// <summary>A socket error other than a reset; see the recorded <see cref="System.Net.Sockets.SocketError"/>.</summary>
+    Error,
+}
+
+/// <summary>Text forms of <see cref="CloseReason"/> as they appear in log lines.</summary>
+public static class CloseReasonText
+{
+    public static string Describe(this CloseReason reason) => reason switch
+    {
+        CloseReason.None => "open",
+        CloseReason.PeerClosed => "closed by peer",
+        CloseReason.PeerReset => "reset by peer",
+        CloseReason.ServerShutdown => "server shutdown",
+        CloseReason.ShutdownTimeout => "aborted at shutdown timeout",
+        CloseReason.IdleTimeout => "idle timeout",
+        CloseReason.SendTimeout => "send timeout",
+        CloseReason.ServerBusy => "server busy",
+        CloseReason.Error => "error",
+        _ => reason.ToString(),
+    };
+}

@@ -1,0 +1,248 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using EchoKit.Internal;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace EchoKit;
+
+/// <summary>
+/// The TCP echo server: listeners, the set of live connections, limits and graceful shutdown.
+/// The per-connection work is in <see cref="EchoConnection"/>; the accept loop in <see cref="StreamListener"/>.
+/// </summary>
+public sealed class EchoServer : IAsyncDisposable
+{
+    private readonly ILogger _logger;
+    private readonly List<StreamListener> _listeners = [];
+    private readonly List<Task> _acceptLoops = [];
+    private readonly ConcurrentDictionary<long, (EchoConnection Connection, Task Run)> _connections = new();
+    private ConnectionHeartbeat? _heartbeat;
+    private long _nextId;
+    private int _activeCount;
+    private int _state; // 0 new, 1 started, 2 stopping/stopped
+    private Task? _stopTask;
+
+    public EchoServer(EchoServerOptions options, ILogger? logger = null, IPayloadSink? payloadSink = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        Options = options;
+        _logger = logger ?? NullLogger.Instance;
+        PayloadSink = payloadSink;
+    }
+
+    public EchoServerOptions Options { get; }
+
+    internal IPayloadSink? PayloadSink { get; }
+
+    /// <summary>Where the server listens (with the real port when <see cref="EchoServerOptions.Port"/> was 0).</summary>
+    public IReadOnlyList<IPEndPoint> LocalEndPoints => _listeners.Select(l => l.LocalEndPoint).ToArray();
+
+    /// <summary>Connections open right now.</summary>
+    public int ActiveConnections => Volatile.Read(ref _activeCount);
+
+    /// <summary>Raised once per connection when it has closed, on the connection's thread.</summary>
+    public event Action<ClosedConnection>? ConnectionClosed;
+
+    /// <summary>Binds every address and starts accepting. Throws <see cref="ListenFailedException"/>.</summary>
+    public void Start()
+    {
+        if (Interlocked.CompareExchange(ref _state, 1, 0) != 0)
+        {
+            throw new InvalidOperationException("The server was already started.");
+        }
+
+        try
+        {
+            int port = Options.Port;
+            foreach (var address in AddressesToBind())
+            {
+                var listener = StreamListener.Open(address, port, Options.Backlog, _logger);
+                _listeners.Add(listener);
+                port = listener.LocalEndPoint.Port; // with port 0, every address gets the port the first one got
+            }
+        }
+        catch
+        {
+            foreach (var listener in _listeners)
+            {
+                listener.Dispose();
+            }
+
+            _listeners.Clear();
+            throw;
+        }
+
+        foreach (var listener in _listeners)
+        {
+            Log.Listening(_logger, EndPointText.Format(listener.LocalEndPoint) + (listener.IsDualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
+        }
+
+        if (Options.IdleTimeout > TimeSpan.Zero || Options.SendTimeout > TimeSpan.Zero)
+        {
+            _heartbeat = new ConnectionHeartbeat(Options.IdleTimeout, Options.SendTimeout,
+                () => _connections.Values.Select(v => v.Connection));
+        }
+
+        foreach (var listener in _listeners)
+        {
+            _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(OnAccepted)));
+        }
+    }
+
+    private IEnumerable<IPAddress> AddressesToBind()
+    {
+        if (Options.BindAddresses.Count > 0)
+        {
+            return Options.BindAddresses.Distinct();
+        }
+
+        return [Socket.OSSupportsIPv6 ? IPAddress.IPv6Any : IPAddress.Any];
+    }
+
+    private void OnAccepted(Socket socket)
+    {
+        long id = Interlocked.Increment(ref _nextId);
+        int count = Interlocked.Increment(ref _activeCount);
+        if (Options.MaxConnections > 0 && count > Options.MaxConnections)
+        {
+            Interlocked.Decrement(ref _activeCount);
+            RefuseBusy(socket);
+            return;
+        }
+
+        if (Volatile.Read(ref _state) != 1)
+        {
+            // Accepted in the instant the listener was closing.
+            Interlocked.Decrement(ref _activeCount);
+            socket.Dispose();
+            return;
+        }
+
+        try
+        {
+            socket.NoDelay = Options.NoDelay;
+        }
+        catch (SocketException)
+        {
+            // The peer is already gone; the connection's first call will say so.
+        }
+
+        var connection = new EchoConnection(id, socket, this);
+        Log.Accepted(_logger, id, EndPointText.Format(connection.Peer));
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Register before running, so that the close handler always finds the entry to remove.
+        var run = RunRegisteredAsync(connection, gate.Task);
+        _connections[id] = (connection, run);
+        gate.SetResult();
+        if (Volatile.Read(ref _state) != 1)
+        {
+            connection.BeginDrain(); // StopAsync ran between the state check and the registration
+        }
+    }
+
+    private static async Task RunRegisteredAsync(EchoConnection connection, Task registered)
+    {
+        await registered.ConfigureAwait(false);
+        await connection.RunAsync().ConfigureAwait(false);
+    }
+
+    private void RefuseBusy(Socket socket)
+    {
+        var peerEndPoint = EndPointText.Normalize(socket.RemoteEndPoint);
+        var peer = EndPointText.Format(peerEndPoint);
+        try
+        {
+            socket.Blocking = false;
+            socket.Send(System.Text.Encoding.ASCII.GetBytes($"server busy: {Options.MaxConnections} connections\n"), SocketFlags.None, out _);
+            socket.Shutdown(SocketShutdown.Send);
+        }
+        catch (SocketException)
+        {
+            // Best effort: the peer may already be gone.
+        }
+        finally
+        {
+            socket.Dispose();
+        }
+
+        Log.Busy(_logger, peer, Options.MaxConnections);
+        ConnectionClosed?.Invoke(new ClosedConnection(0, peerEndPoint, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
+    }
+
+    internal void OnConnectionClosed(EchoConnection connection, ClosedConnection closed)
+    {
+        _connections.TryRemove(connection.Id, out _);
+        Interlocked.Decrement(ref _activeCount);
+        Log.Closed(_logger, closed.Id, EndPointText.Format(closed.Peer), Log.ReasonText(closed.Reason, closed.Error),
+            closed.BytesIn, closed.BytesOut, (long)closed.Duration.TotalMilliseconds);
+        ConnectionClosed?.Invoke(closed);
+    }
+
+    /// <summary>
+    /// Graceful stop: close the listeners, let every connection echo what it has already received,
+    /// FIN, and wait; after <see cref="EchoServerOptions.ShutdownTimeout"/> abort what is left.
+    /// </summary>
+    public Task StopAsync()
+    {
+        if (Interlocked.Exchange(ref _state, 2) == 2)
+        {
+            return _stopTask ?? Task.CompletedTask;
+        }
+
+        return _stopTask = StopCoreAsync();
+    }
+
+    private async Task StopCoreAsync()
+    {
+        foreach (var listener in _listeners)
+        {
+            listener.Dispose();
+        }
+
+        await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
+        _heartbeat?.Dispose();
+
+        var open = _connections.Values.ToArray();
+        Log.ShuttingDown(_logger, open.Length, (long)Options.ShutdownTimeout.TotalMilliseconds);
+        foreach (var (connection, _) in open)
+        {
+            connection.BeginDrain();
+        }
+
+        var all = Task.WhenAll(open.Select(o => o.Run));
+        try
+        {
+            await all.WaitAsync(Options.ShutdownTimeout).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            var left = _connections.Values.ToArray();
+            Log.AbortingAtShutdown(_logger, left.Length);
+            foreach (var (connection, _) in left)
+            {
+                connection.Abort(CloseReason.ShutdownTimeout, reset: true);
+            }
+
+            await all.ConfigureAwait(false);
+        }
+
+        Log.Stopped(_logger);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Volatile.Read(ref _state) == 1)
+        {
+            await StopAsync().ConfigureAwait(false);
+        }
+        else
+        {
+            Volatile.Write(ref _state, 2);
+            foreach (var listener in _listeners)
+            {
+                listener.Dispose();
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+using System.Net;
+
+namespace EchoKit;
+
+/// <summary>Everything the server needs to know, fixed at start. Immutable: build a new one with <c>with</c>.</summary>
+public sealed record EchoServerOptions
+{
+    /// <summary>
+    /// Where to listen. Empty means all interfaces: one dual-stack IPv6 socket on [::] where the
+    /// OS allows, else 0.0.0.0.
+    /// </summary>
+    public IReadOnlyList<IPAddress> BindAddresses { get; init; } = [];
+
+    /// <summary>TCP port; 0 lets the OS choose (the chosen port is in <see cref="EchoServer.LocalEndPoints"/>).</summary>
+    public int Port { get; init; } = 8888;
+
+    /// <summary>Send the three tutorial lines before echoing.</summary>
+    public bool SendGreeting { get; init; } = true;
+
+    /// <summary>Bytes received per read; one such buffer is rented per active connection, none while idle.</summary>
+    public int ReceiveBufferSize { get; init; } = 16 * 1024;
+
+    /// <summary>listen(2) backlog.</summary>
+    public int Backlog { get; init; } = 4096;
+
+    /// <summary>How long a shutdown waits for connections to finish before aborting them.</summary>
+    public TimeSpan ShutdownTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Connections served at once; 0 = unlimited.</summary>
+    public int MaxConnections { get; init; } = 10_000;
+
+    /// <summary>A connection that receives nothing for this long is closed; <see cref="TimeSpan.Zero"/> disables.</summary>
+    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(300);
+
+    /// <summary>A send that makes no progress for this long closes the connection; <see cref="TimeSpan.Zero"/> disables.</summary>
+    public TimeSpan SendTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Disable Nagle on accepted sockets, so that echoes leave at once.</summary>
+    public bool NoDelay { get; init; } = true;
+}

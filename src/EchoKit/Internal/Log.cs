@@ -1,0 +1,37 @@
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+
+namespace EchoKit.Internal;
+
+/// <summary>Every log line the server writes, source-generated so that a disabled level costs nothing.</summary>
+internal static partial class Log
+{
+    [LoggerMessage(1, LogLevel.Information, "listening on {EndPoint}")]
+    public static partial void Listening(ILogger logger, string endPoint);
+
+    [LoggerMessage(2, LogLevel.Information, "connection {Id} accepted from {Peer}")]
+    public static partial void Accepted(ILogger logger, long id, string peer);
+
+    [LoggerMessage(3, LogLevel.Information, "connection {Id} from {Peer} closed: {Reason}, {BytesIn} bytes in, {BytesOut} bytes out, {DurationMs} ms")]
+    public static partial void Closed(ILogger logger, long id, string peer, string reason, long bytesIn, long bytesOut, long durationMs);
+
+    [LoggerMessage(4, LogLevel.Warning, "connection from {Peer} refused: server busy ({Max} connections)")]
+    public static partial void Busy(ILogger logger, string peer, int max);
+
+    [LoggerMessage(5, LogLevel.Warning, "accept failed: {Error}; retrying in {DelayMs} ms ({Suppressed} similar errors not logged)")]
+    public static partial void AcceptFailed(ILogger logger, string error, long delayMs, long suppressed);
+
+    [LoggerMessage(6, LogLevel.Information, "shutting down: stopped accepting, draining {Count} connections (timeout {TimeoutMs} ms)")]
+    public static partial void ShuttingDown(ILogger logger, int count, long timeoutMs);
+
+    [LoggerMessage(7, LogLevel.Warning, "shutdown timeout: aborting {Count} connections")]
+    public static partial void AbortingAtShutdown(ILogger logger, int count);
+
+    [LoggerMessage(8, LogLevel.Information, "stopped")]
+    public static partial void Stopped(ILogger logger);
+
+    public static string ReasonText(CloseReason reason, SocketError error) =>
+        reason == CloseReason.Error || (reason == CloseReason.PeerReset && error != SocketError.Success)
+            ? $"{reason.Describe()} {SocketErrorText.Describe(error)}"
+            : reason.Describe();
+}

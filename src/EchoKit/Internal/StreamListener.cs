@@ -1,0 +1,149 @@
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+
+namespace EchoKit.Internal;
+
+/// <summary>
+/// A bound, listening stream socket and its accept loop. The loop ends only when the listener
+/// is closed: errors of one pending connection are skipped, and resource exhaustion
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM) backs off from 5 ms doubling to 1 s instead of spinning,
+/// logging at most once a second.
+/// </summary>
+internal sealed class StreamListener : IDisposable
+{
+    private static readonly TimeSpan MinBackoff = TimeSpan.FromMilliseconds(5);
+    private static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(1);
+
+    private readonly Socket _socket;
+    private readonly ILogger _logger;
+    private volatile bool _closed;
+
+    private StreamListener(Socket socket, ILogger logger)
+    {
+        _socket = socket;
+        _logger = logger;
+        LocalEndPoint = (IPEndPoint)socket.LocalEndPoint!;
+    }
+
+    public IPEndPoint LocalEndPoint { get; }
+
+    public bool IsDualStack { get; private init; }
+
+    /// <summary>Binds and listens; throws <see cref="ListenFailedException"/> with the one-line reason.</summary>
+    public static StreamListener Open(IPAddress address, int port, int backlog, ILogger logger)
+    {
+        var endPoint = new IPEndPoint(address, port);
+        var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        bool dualStack = false;
+        try
+        {
+            if (address.Equals(IPAddress.IPv6Any))
+            {
+                socket.DualMode = true;
+                dualStack = true;
+            }
+
+            // SO_REUSEADDR alone, set directly: .NET's ReuseAddress option also sets SO_REUSEPORT on
+            // Linux, which would let a second server bind the same port silently (dotnet/corefx#24562).
+            socket.SetRawSocketOption(SocketOptionLevels.SolSocket, SocketOptionLevels.SoReuseAddr, BitConverter.GetBytes(1));
+            Bind(socket, endPoint);
+            try
+            {
+                socket.Listen(backlog);
+            }
+            catch (SocketException e)
+            {
+                throw new ListenFailedException("listen", endPoint, e.SocketErrorCode, e);
+            }
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        return new StreamListener(socket, logger) { IsDualStack = dualStack };
+    }
+
+    private static void Bind(Socket socket, IPEndPoint endPoint)
+    {
+        try
+        {
+            socket.Bind(endPoint);
+        }
+        catch (SocketException e)
+        {
+            throw new ListenFailedException("bind", endPoint, e.SocketErrorCode, e);
+        }
+    }
+
+    /// <summary>Accepts until <see cref="Dispose"/>; hands each socket to <paramref name="onAccepted"/>.</summary>
+    public async Task AcceptLoopAsync(Action<Socket> onAccepted)
+    {
+        var backoff = MinBackoff;
+        long lastLogTicks = long.MinValue / 2;
+        long suppressed = 0;
+        while (!_closed)
+        {
+            Socket accepted;
+            try
+            {
+                accepted = await _socket.AcceptAsync().ConfigureAwait(false);
+            }
+            catch (Exception) when (_closed)
+            {
+                return;
+            }
+            catch (ObjectDisposedException)
+            {
+                return;
+            }
+            catch (SocketException e) when (IsPendingConnectionError(e.SocketErrorCode))
+            {
+                // That one connection died in the backlog; the listener is fine.
+                continue;
+            }
+            catch (SocketException e)
+            {
+                long now = Environment.TickCount64;
+                if (now - lastLogTicks >= 1000)
+                {
+                    Log.AcceptFailed(_logger, SocketErrorText.Describe(e.SocketErrorCode), (long)backoff.TotalMilliseconds, suppressed);
+                    lastLogTicks = now;
+                    suppressed = 0;
+                }
+                else
+                {
+                    suppressed++;
+                }
+
+                await Task.Delay(backoff).ConfigureAwait(false);
+                backoff = backoff * 2 > MaxBackoff ? MaxBackoff : backoff * 2;
+                continue;
+            }
+
+            backoff = MinBackoff;
+            onAccepted(accepted);
+        }
+    }
+
+    private static bool IsPendingConnectionError(SocketError error) =>
+        error is SocketError.ConnectionAborted or SocketError.ConnectionReset or SocketError.NetworkReset
+            or SocketError.Interrupted or SocketError.WouldBlock or SocketError.TimedOut or SocketError.HostUnreachable
+            or SocketError.NetworkUnreachable or SocketError.ProtocolNotSupported;
+
+    /// <summary>Stops accepting: closes the listening socket (new connections are refused from here on).</summary>
+    public void Dispose()
+    {
+        _closed = true;
+        _socket.Dispose();
+    }
+}
+
+/// <summary>Linux values for options that .NET does not expose one by one.</summary>
+internal static class SocketOptionLevels
+{
+    public const int SolSocket = 1;
+    public const int SoReuseAddr = 2;
+}
