@@ -42,13 +42,13 @@ internal static class ConnectCommand
         {
             if (!TryParseTarget(result.GetValue(host)!, result.GetValue(port), out string targetHost, out int targetPort, out string? error))
             {
-                return Program.Fail(ExitCodes.Usage, error!);
+                return Program.FailUsage("connect", error!);
             }
 
             byte[]? payload = null;
             if (result.GetValue(send) is { } text && !CEscapes.TryDecode(text, out payload, out string escapeError))
             {
-                return Program.Fail(ExitCodes.Usage, $"invalid --send value: {escapeError}");
+                return Program.FailUsage("connect", $"invalid --send value: {escapeError}");
             }
 
             var settings = new ClientSettings(

@@ -32,6 +32,10 @@ namespace EchoKit.Cli
             }
         }
 
+        /// <summary>A bad value found after parsing: one line, with where to read more, and exit 2.</summary>
+        public static int FailUsage(string command, string message) =>
+            Fail(ExitCodes.Usage, $"{message}; see 'echokit {command} --help'");
+
         /// <summary>Writes the one line a failure gets and returns its exit code.</summary>
         public static int Fail(int exitCode, string message)
         {

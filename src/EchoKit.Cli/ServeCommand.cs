@@ -46,7 +46,9 @@ internal static class ServeCommand
                 var resolved = await ResolveBindAsync(bindText).ConfigureAwait(false);
                 if (resolved.Error is not null)
                 {
-                    return Program.Fail(resolved.ExitCode, resolved.Error);
+                    return resolved.ExitCode == ExitCodes.Usage
+                        ? Program.FailUsage("serve", resolved.Error)
+                        : Program.Fail(resolved.ExitCode, resolved.Error);
                 }
 
                 addresses = resolved.Addresses;

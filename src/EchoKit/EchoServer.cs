@@ -13,6 +13,9 @@ namespace EchoKit;
 /// </summary>
 public sealed class EchoServer : IAsyncDisposable
 {
+    /// <summary>At shutdown, a connection that has had no data for this long has echoed all it will get.</summary>
+    private const long DrainQuietMs = 100;
+
     private readonly ILogger _logger;
     private readonly List<StreamListener> _listeners = [];
     private readonly List<Task> _acceptLoops = [];
@@ -135,10 +138,7 @@ public sealed class EchoServer : IAsyncDisposable
         var run = RunRegisteredAsync(connection, gate.Task);
         _connections[id] = (connection, run);
         gate.SetResult();
-        if (Volatile.Read(ref _state) != 1)
-        {
-            connection.BeginDrain(); // StopAsync ran between the state check and the registration
-        }
+
     }
 
     private static async Task RunRegisteredAsync(EchoConnection connection, Task registered)
@@ -201,21 +201,26 @@ public sealed class EchoServer : IAsyncDisposable
         }
 
         await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
-        _heartbeat?.Dispose();
 
         var open = _connections.Values.ToArray();
         Log.ShuttingDown(_logger, open.Length, (long)Options.ShutdownTimeout.TotalMilliseconds);
-        foreach (var (connection, _) in open)
+        var all = Task.WhenAll(open.Select(o => o.Run));
+        long deadline = Environment.TickCount64 + (long)Options.ShutdownTimeout.TotalMilliseconds;
+        long quietMs = Math.Min(DrainQuietMs, (long)Options.ShutdownTimeout.TotalMilliseconds / 4);
+        using var tick = new PeriodicTimer(TimeSpan.FromMilliseconds(10));
+        while (!all.IsCompleted && Environment.TickCount64 < deadline)
         {
-            connection.BeginDrain();
+            // Each connection says goodbye (FIN) once it has echoed what it had and gone quiet.
+            long now = Environment.TickCount64;
+            foreach (var (connection, _) in _connections.Values)
+            {
+                connection.TryFinishDrain(now, quietMs);
+            }
+
+            await Task.WhenAny(all, tick.WaitForNextTickAsync().AsTask()).ConfigureAwait(false);
         }
 
-        var all = Task.WhenAll(open.Select(o => o.Run));
-        try
-        {
-            await all.WaitAsync(Options.ShutdownTimeout).ConfigureAwait(false);
-        }
-        catch (TimeoutException)
+        if (!all.IsCompleted)
         {
             var left = _connections.Values.ToArray();
             Log.AbortingAtShutdown(_logger, left.Length);
@@ -227,6 +232,7 @@ public sealed class EchoServer : IAsyncDisposable
             await all.ConfigureAwait(false);
         }
 
+        _heartbeat?.Dispose();
         Log.Stopped(_logger);
     }
 

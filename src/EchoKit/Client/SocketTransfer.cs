@@ -14,12 +14,18 @@ public static class SocketTransfer
     /// </summary>
     public static async ValueTask ReceiveExactlyAsync(this Socket socket, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
+        // Not NetworkStream.ReadExactlyAsync: NetworkStream refuses a socket whose send side is shut down.
         ArgumentNullException.ThrowIfNull(socket);
-        await using var stream = new NetworkStream(socket, ownsSocket: false);
-        int received = await stream.ReadAtLeastAsync(buffer, buffer.Length, throwOnEndOfStream: false, cancellationToken).ConfigureAwait(false);
-        if (received < buffer.Length)
+        int received = 0;
+        while (received < buffer.Length)
         {
-            throw new PeerClosedException(buffer.Length, received);
+            int n = await socket.ReceiveAsync(buffer[received..], SocketFlags.None, cancellationToken).ConfigureAwait(false);
+            if (n == 0)
+            {
+                throw new PeerClosedException(buffer.Length, received);
+            }
+
+            received += n;
         }
     }
 
@@ -27,9 +33,14 @@ public static class SocketTransfer
     public static async Task<byte[]> ReceiveToEndAsync(this Socket socket, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(socket);
-        await using var stream = new NetworkStream(socket, ownsSocket: false);
         using var all = new MemoryStream();
-        await stream.CopyToAsync(all, cancellationToken).ConfigureAwait(false);
+        var buffer = new byte[64 * 1024];
+        int n;
+        while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false)) > 0)
+        {
+            all.Write(buffer, 0, n);
+        }
+
         return all.ToArray();
     }
 

@@ -24,11 +24,11 @@ internal sealed class EchoConnection
 {
     private readonly Socket _socket;
     private readonly EchoServer _server;
-    private readonly CancellationTokenSource _drainSignal = new();
     private readonly long _startTimestamp = Stopwatch.GetTimestamp();
     private int _reason;
     private SocketError _error;
-    private volatile bool _draining;
+    private volatile bool _finSent;
+    private volatile bool _waiting;
     private long _lastReceiveTicks = Environment.TickCount64;
     private long _sendStartedTicks;
 
@@ -38,6 +38,8 @@ internal sealed class EchoConnection
         _socket = socket;
         _server = server;
         Peer = EndPointText.Normalize(socket.RemoteEndPoint);
+        // Synchronous calls return EAGAIN instead of blocking; async calls are unaffected.
+        socket.Blocking = false;
     }
 
     public long Id { get; }
@@ -67,12 +69,11 @@ internal sealed class EchoConnection
             }
 
             await EchoUntilEndAsync(options.ReceiveBufferSize).ConfigureAwait(false);
-
-            // Everything received has been echoed: say so with a FIN.
-            _socket.Shutdown(SocketShutdown.Send);
-            if (Reason == CloseReason.ServerShutdown)
+            if (!_finSent)
             {
-                await DiscardUntilPeerClosesAsync().ConfigureAwait(false);
+                // The peer half-closed and everything it sent has been echoed: say so with a FIN.
+                _finSent = true;
+                _socket.Shutdown(SocketShutdown.Send);
             }
         }
         catch (SocketException e)
@@ -88,48 +89,53 @@ internal sealed class EchoConnection
         finally
         {
             _socket.Dispose();
-            _drainSignal.Dispose();
             _server.OnConnectionClosed(this, new ClosedConnection(
                 Id, Peer, Reason, _error, BytesIn, BytesOut, Stopwatch.GetElapsedTime(_startTimestamp)));
         }
     }
 
+    /// <summary>Echoes until the peer shuts down its send side (EOF).</summary>
     private async ValueTask EchoUntilEndAsync(int bufferSize)
     {
         var pool = ArrayPool<byte>.Shared;
         while (true)
         {
-            if (!_draining)
-            {
-                try
-                {
-                    // Wait for readability without holding a buffer (returns 0 for data and for EOF alike).
-                    await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, _drainSignal.Token).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException)
-                {
-                    // BeginDrain(): fall through and echo only what is already here.
-                }
-            }
-
-            if (_draining && _socket.Available == 0)
-            {
-                TrySetReason(CloseReason.ServerShutdown);
-                return;
-            }
+            // Wait for readability without holding a buffer (returns 0 for data and for EOF alike).
+            // No cancellation token: a graceful stop wakes this wait by sending our FIN (see
+            // TryFinishDrain), after which the peer closes; aborts close the socket.
+            _waiting = true;
+            await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
+            _waiting = false;
 
             byte[] buffer = pool.Rent(bufferSize);
             try
             {
-                int received = await _socket.ReceiveAsync(buffer.AsMemory(0, bufferSize), SocketFlags.None).ConfigureAwait(false);
+                // The wait can complete on a stale readiness event with nothing to read, so read
+                // without blocking: on EAGAIN go back to waiting rather than park holding the buffer.
+                int received = _socket.Receive(buffer, 0, bufferSize, SocketFlags.None, out SocketError error);
+                if (error == SocketError.WouldBlock)
+                {
+                    continue;
+                }
+
+                if (error != SocketError.Success)
+                {
+                    throw new SocketException((int)error);
+                }
+
                 if (received == 0)
                 {
-                    TrySetReason(CloseReason.PeerClosed);
+                    TrySetReason(CloseReason.PeerClosed); // no-op after a drain FIN: ServerShutdown stays
                     return;
                 }
 
                 Volatile.Write(ref _lastReceiveTicks, Environment.TickCount64);
                 BytesIn += received;
+                if (_finSent)
+                {
+                    continue; // we already said goodbye at shutdown; drop what still arrives
+                }
+
                 var payload = buffer.AsMemory(0, received);
                 await SendAllAsync(payload).ConfigureAwait(false);
                 if (_server.PayloadSink is { } sink)
@@ -158,38 +164,27 @@ internal sealed class EchoConnection
     }
 
     /// <summary>
-    /// After our FIN at shutdown, read (and drop) until the peer closes too: closing a socket
-    /// with unread received data makes the kernel send an RST instead of a clean close.
-    /// Bounded by the server's shutdown timeout, which aborts us.
+    /// Graceful shutdown, called repeatedly by the server while it drains: once this connection
+    /// waits for data and nothing has arrived for <paramref name="quietMs"/> (so whatever the peer
+    /// sent before the signal has been echoed, including bytes that were still in flight), send
+    /// our FIN. The peer then sees EOF and closes, which ends the receive loop without an RST.
     /// </summary>
-    private async ValueTask DiscardUntilPeerClosesAsync()
+    public void TryFinishDrain(long nowTicks, long quietMs)
     {
-        byte[] scratch = ArrayPool<byte>.Shared.Rent(4096);
-        try
+        if (_finSent || !_waiting || nowTicks - LastReceiveTicks < quietMs)
         {
-            int received;
-            while ((received = await _socket.ReceiveAsync(scratch, SocketFlags.None).ConfigureAwait(false)) > 0)
-            {
-                BytesIn += received;
-            }
+            return;
         }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(scratch);
-        }
-    }
 
-    /// <summary>Graceful shutdown: echo what has already arrived, then FIN.</summary>
-    public void BeginDrain()
-    {
-        _draining = true;
+        _finSent = true;
+        TrySetReason(CloseReason.ServerShutdown);
         try
         {
-            _drainSignal.Cancel();
+            _socket.Shutdown(SocketShutdown.Send);
         }
-        catch (ObjectDisposedException)
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
-            // Already finished.
+            // The connection is ending by itself.
         }
     }
 

@@ -1,0 +1,236 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace EchoKit.Tests.Infrastructure;
+
+/// <summary>
+/// The real <c>echokit</c> program as a child process: stdin writable, stdout captured as bytes,
+/// stderr captured as lines that tests can wait for. Every wait has a deadline; Dispose kills
+/// what is still running (our own child, by PID).
+/// </summary>
+public sealed partial class EchoKitProcess : IAsyncDisposable
+{
+    private readonly Process _process;
+    private readonly MemoryStream _stdout = new();
+    private readonly List<string> _stderr = [];
+    private readonly Task _stdoutPump;
+    private readonly Task _stderrPump;
+    private readonly object _gate = new();
+    private TaskCompletionSource _stderrChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private EchoKitProcess(Process process)
+    {
+        _process = process;
+        _stdoutPump = PumpStdoutAsync();
+        _stderrPump = PumpStderrAsync();
+    }
+
+    public static string CliPath { get; } = Path.Combine(AppContext.BaseDirectory, "echokit.dll");
+
+    public int Pid => _process.Id;
+
+    public Stream StandardInput => _process.StandardInput.BaseStream;
+
+    public static EchoKitProcess Start(params string[] args) => Start(null, args);
+
+    public static EchoKitProcess Start(IDictionary<string, string>? environment, params string[] args)
+    {
+        var info = new ProcessStartInfo(DotnetHost)
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        info.ArgumentList.Add(CliPath);
+        foreach (var arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        if (environment is not null)
+        {
+            foreach (var (key, value) in environment)
+            {
+                info.Environment[key] = value;
+            }
+        }
+
+        return new EchoKitProcess(Process.Start(info) ?? throw new InvalidOperationException("could not start echokit"));
+    }
+
+    /// <summary>Runs echokit to completion with <paramref name="stdin"/> as its input (then EOF).</summary>
+    public static async Task<Result> RunAsync(TimeSpan deadline, byte[]? stdin, params string[] args)
+    {
+        await using var process = Start(args);
+        if (stdin is not null)
+        {
+            await process.StandardInput.WriteAsync(stdin);
+        }
+
+        process.StandardInput.Close();
+        int exitCode = await process.WaitForExitAsync(deadline);
+        return new Result(exitCode, process.StandardOutputBytes, process.StandardErrorText);
+    }
+
+    public sealed record Result(int ExitCode, byte[] Stdout, string Stderr)
+    {
+        public string StdoutText => Encoding.UTF8.GetString(Stdout);
+
+        public override string ToString() => $"exit {ExitCode}; stderr:\n{Stderr}";
+    }
+
+    private static string DotnetHost =>
+        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+
+    public byte[] StandardOutputBytes
+    {
+        get
+        {
+            lock (_stdout)
+            {
+                return _stdout.ToArray();
+            }
+        }
+    }
+
+    public string StandardErrorText
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return string.Join('\n', _stderr);
+            }
+        }
+    }
+
+    private async Task PumpStdoutAsync()
+    {
+        var buffer = new byte[64 * 1024];
+        var stream = _process.StandardOutput.BaseStream;
+        int n;
+        while ((n = await stream.ReadAsync(buffer)) > 0)
+        {
+            lock (_stdout)
+            {
+                _stdout.Write(buffer, 0, n);
+            }
+        }
+    }
+
+    private async Task PumpStderrAsync()
+    {
+        string? line;
+        while ((line = await _process.StandardError.ReadLineAsync()) is not null)
+        {
+            TaskCompletionSource changed;
+            lock (_gate)
+            {
+                _stderr.Add(line);
+                changed = _stderrChanged;
+                _stderrChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+
+            changed.TrySetResult();
+        }
+
+        lock (_gate)
+        {
+            _stderrChanged.TrySetResult();
+        }
+    }
+
+    /// <summary>Waits until a stderr line contains <paramref name="text"/>; returns that line.</summary>
+    public async Task<string> WaitForStderrAsync(string text, TimeSpan deadline)
+    {
+        var until = DateTime.UtcNow + deadline;
+        while (true)
+        {
+            Task changed;
+            lock (_gate)
+            {
+                var found = _stderr.FirstOrDefault(l => l.Contains(text, StringComparison.Ordinal));
+                if (found is not null)
+                {
+                    return found;
+                }
+
+                changed = _stderrChanged.Task;
+            }
+
+            var left = until - DateTime.UtcNow;
+            if (left <= TimeSpan.Zero || _stderrPump.IsCompleted)
+            {
+                throw new TimeoutException($"stderr never contained '{text}' within {deadline}; it has:\n{StandardErrorText}");
+            }
+
+            await Task.WhenAny(changed, Task.Delay(left));
+        }
+    }
+
+    /// <summary>Starts <c>echokit serve</c> on an OS-chosen port and waits for its listening line.</summary>
+    public static async Task<(EchoKitProcess Process, int Port)> StartServerAsync(params string[] extraArgs)
+    {
+        var process = Start(["serve", "--port", "0", .. extraArgs]);
+        try
+        {
+            string line = await process.WaitForStderrAsync("listening on", TimeSpan.FromSeconds(20));
+            var match = PortPattern().Match(line);
+            return (process, int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+        }
+        catch
+        {
+            await process.DisposeAsync();
+            throw;
+        }
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"listening on .*:(\d+)")]
+    private static partial System.Text.RegularExpressions.Regex PortPattern();
+
+    public void Signal(int signal)
+    {
+        if (Kill(_process.Id, signal) != 0)
+        {
+            throw new InvalidOperationException($"kill({_process.Id}, {signal}) failed: errno {Marshal.GetLastPInvokeError()}");
+        }
+    }
+
+    public const int SIGINT = 2;
+    public const int SIGTERM = 15;
+
+    /// <summary>Waits for exit; returns the exit code or throws if the deadline passes.</summary>
+    public async Task<int> WaitForExitAsync(TimeSpan deadline)
+    {
+        using var cts = new CancellationTokenSource(deadline);
+        try
+        {
+            await _process.WaitForExitAsync(cts.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            throw new TimeoutException($"echokit (pid {_process.Id}) did not exit within {deadline}; stderr:\n{StandardErrorText}");
+        }
+
+        await Task.WhenAll(_stdoutPump, _stderrPump).WaitAsync(TimeSpan.FromSeconds(10));
+        return _process.ExitCode;
+    }
+
+    public bool HasExited => _process.HasExited;
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
+        }
+
+        _process.Dispose();
+    }
+
+    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
+}

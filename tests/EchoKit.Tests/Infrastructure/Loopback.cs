@@ -1,0 +1,63 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace EchoKit.Tests.Infrastructure;
+
+/// <summary>Small loopback helpers: connecting, reading exact lengths with deadlines, free ports.</summary>
+public static class Loopback
+{
+    public static readonly TimeSpan Deadline = TimeSpan.FromSeconds(20);
+
+    public static byte[] GreetingBytes => EchoKit.Greeting.Bytes.ToArray();
+
+    public static async Task<Socket> ConnectAsync(IPAddress address, int port)
+    {
+        var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        await socket.ConnectAsync(new IPEndPoint(address, port)).WaitAsync(Deadline);
+        return socket;
+    }
+
+    public static Task<Socket> ConnectAsync(int port) => ConnectAsync(IPAddress.Loopback, port);
+
+    /// <summary>Reads exactly <paramref name="count"/> bytes, or fails at the deadline / on early EOF.</summary>
+    public static async Task<byte[]> ReceiveExactlyAsync(Socket socket, int count, TimeSpan? deadline = null)
+    {
+        var buffer = new byte[count];
+        using var cts = new CancellationTokenSource(deadline ?? Deadline);
+        await EchoKit.Client.SocketTransfer.ReceiveExactlyAsync(socket, buffer, cts.Token);
+        return buffer;
+    }
+
+    /// <summary>Reads until the peer closes (EOF), with a deadline.</summary>
+    public static async Task<byte[]> ReceiveToEndAsync(Socket socket, TimeSpan? deadline = null)
+    {
+        using var cts = new CancellationTokenSource(deadline ?? Deadline);
+        return await EchoKit.Client.SocketTransfer.ReceiveToEndAsync(socket, cts.Token);
+    }
+
+    /// <summary>A port that was free a moment ago (for third-party servers that cannot report an OS-chosen port).</summary>
+    public static int FreePort()
+    {
+        using var probe = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        return ((IPEndPoint)probe.LocalEndPoint!).Port;
+    }
+
+    /// <summary>Waits until something accepts TCP connections on the port (a third-party server starting up).</summary>
+    public static async Task WaitUntilListeningAsync(int port, TimeSpan deadline)
+    {
+        var until = DateTime.UtcNow + deadline;
+        while (true)
+        {
+            try
+            {
+                using var probe = await ConnectAsync(port);
+                return;
+            }
+            catch (SocketException) when (DateTime.UtcNow < until)
+            {
+                await Task.Delay(50);
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+using System.Net;
+using System.Net.Sockets;
+using EchoKit.Tests.Infrastructure;
+using static EchoKit.Tests.Infrastructure.Loopback;
+
+namespace EchoKit.Tests;
+
+/// <summary>The real <c>echokit serve</c> process: output, signals, restarts and bind errors.</summary>
+public sealed class ServeProcessTests
+{
+    private static readonly TimeSpan ExitDeadline = TimeSpan.FromSeconds(20);
+
+    [Fact]
+    public async Task Received_bytes_go_raw_to_stdout_and_events_to_stderr()
+    {
+        var (server, port) = await EchoKitProcess.StartServerAsync();
+        await using (server)
+        {
+            byte[] payload = [0, 1, 2, 0xFF, 0xFB, (byte)'h', (byte)'i', (byte)'\n'];
+            using (var client = await ConnectAsync(port))
+            {
+                await ReceiveExactlyAsync(client, GreetingBytes.Length);
+                await client.SendAsync(payload);
+                Assert.Equal(payload, await ReceiveExactlyAsync(client, payload.Length));
+                client.Shutdown(SocketShutdown.Send);
+                Assert.Empty(await ReceiveToEndAsync(client));
+            }
+
+            await server.WaitForStderrAsync("closed: closed by peer, 8 bytes in, 189 bytes out", Deadline);
+            server.Signal(EchoKitProcess.SIGTERM);
+            Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+            Assert.Equal(payload, server.StandardOutputBytes);
+            Assert.Contains("accepted from 127.0.0.1:", server.StandardErrorText, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Quiet_prints_nothing_to_stdout()
+    {
+        var (server, port) = await EchoKitProcess.StartServerAsync("--quiet", "--no-greeting");
+        await using (server)
+        {
+            using (var client = await ConnectAsync(port))
+            {
+                await client.SendAsync("abc"u8.ToArray());
+                Assert.Equal("abc"u8.ToArray(), await ReceiveExactlyAsync(client, 3));
+            }
+
+            await server.WaitForStderrAsync("closed:", Deadline);
+            server.Signal(EchoKitProcess.SIGINT);
+            Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+            Assert.Empty(server.StandardOutputBytes);
+        }
+    }
+
+    [Fact]
+    public async Task SIGTERM_mid_stream_echoes_what_was_in_flight_closes_with_FIN_and_exits_0()
+    {
+        var (server, port) = await EchoKitProcess.StartServerAsync("--quiet", "--no-greeting", "--shutdown-timeout", "10s");
+        await using (server)
+        {
+            var clients = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => ConnectAsync(port)));
+            var idle = await ConnectAsync(port);
+            try
+            {
+                var payloads = clients.Select(_ => RandomBytes(4 << 20)).ToArray();
+                var echoes = clients.Select(c => ReceiveToEndAsync(c, TimeSpan.FromSeconds(30))).ToArray();
+                // Each client sends 4 MiB (more than the kernel buffers), so the signal lands mid-stream.
+                var sends = clients.Select((c, i) => c.SendAsync(payloads[i])).ToArray();
+                await Task.WhenAll(sends).WaitAsync(Deadline);
+
+                server.Signal(EchoKitProcess.SIGTERM);
+
+                for (int i = 0; i < clients.Length; i++)
+                {
+                    var echoed = await echoes[i];
+                    Assert.Equal(payloads[i].Length, echoed.Length);
+                    Assert.Equal(payloads[i], echoed);
+                }
+
+                Assert.Empty(await ReceiveToEndAsync(idle)); // FIN, not RST: a reset would throw here
+                foreach (var client in clients.Append(idle))
+                {
+                    client.Dispose(); // the server waits for our close after its FIN
+                }
+
+                Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+                Assert.Contains("stopped", server.StandardErrorText, StringComparison.Ordinal);
+                Assert.Contains("closed: server shutdown", server.StandardErrorText, StringComparison.Ordinal);
+            }
+            finally
+            {
+                foreach (var client in clients.Append(idle))
+                {
+                    client.Dispose();
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_client_that_never_finishes_is_aborted_at_the_shutdown_timeout_and_the_exit_code_is_still_0()
+    {
+        var (server, port) = await EchoKitProcess.StartServerAsync("--quiet", "--no-greeting", "--shutdown-timeout", "1s");
+        await using (server)
+        {
+            using var stubborn = await ConnectAsync(port);
+            // Fill both directions and never read: the server cannot finish echoing.
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+            try
+            {
+                var chunk = new byte[1 << 20];
+                for (int i = 0; i < 64; i++)
+                {
+                    await stubborn.SendAsync(chunk, cts.Token);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                // TCP pushed back: both buffers are full.
+            }
+
+            var started = DateTime.UtcNow;
+            server.Signal(EchoKitProcess.SIGTERM);
+            Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+            Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(15));
+            Assert.Contains("aborted at shutdown timeout", server.StandardErrorText, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task A_restart_binds_the_same_port_at_once_although_the_last_connection_is_in_TIME_WAIT()
+    {
+        var (first, port) = await EchoKitProcess.StartServerAsync("--quiet");
+        await using (first)
+        {
+            using var client = await ConnectAsync(port);
+            await ReceiveExactlyAsync(client, GreetingBytes.Length);
+            first.Signal(EchoKitProcess.SIGTERM);
+            Assert.Empty(await ReceiveToEndAsync(client)); // the server closed first: its side goes to TIME_WAIT
+            client.Dispose();
+            Assert.Equal(0, await first.WaitForExitAsync(ExitDeadline));
+        }
+
+        await using var second = EchoKitProcess.Start("serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--quiet");
+        await second.WaitForStderrAsync($"listening on [::]:{port}", Deadline);
+        using var again = await ConnectAsync(port);
+        Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(again, GreetingBytes.Length));
+    }
+
+    [Fact]
+    public async Task Port_in_use_is_one_line_with_EADDRINUSE_a_hint_and_exit_3()
+    {
+        using var holder = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        holder.Bind(new IPEndPoint(IPAddress.Any, 0));
+        holder.Listen();
+        int port = ((IPEndPoint)holder.LocalEndPoint!).Port;
+
+        var result = await EchoKitProcess.RunAsync(ExitDeadline, null, "serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture));
+
+        Assert.Equal(3, result.ExitCode);
+        string line = Assert.Single(result.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith($"echokit: bind failed: Address already in use (EADDRINUSE) on [::]:{port}", line, StringComparison.Ordinal);
+        Assert.Contains($"ss -ltnp 'sport = :{port}'", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task An_address_this_machine_does_not_have_is_EADDRNOTAVAIL_and_exit_3()
+    {
+        var result = await EchoKitProcess.RunAsync(ExitDeadline, null, "serve", "--port", "0", "--bind", "192.0.2.1");
+        Assert.Equal(3, result.ExitCode);
+        Assert.Contains("bind failed: Cannot assign requested address (EADDRNOTAVAIL) on 192.0.2.1:0", result.Stderr, StringComparison.Ordinal);
+        NoStackTrace(result.Stderr);
+    }
+
+    [Fact]
+    public async Task A_privileged_port_without_privilege_is_EACCES_and_exit_3()
+    {
+        // Tests run as root here, so drop to nobody for this one (setpriv is in util-linux).
+        Assert.SkipUnless(File.Exists("/usr/bin/setpriv"), "setpriv (util-linux) is not installed");
+        Assert.SkipWhen(Environment.UserName != "root", "needs root to switch to another user; a non-root user already lacks the privilege");
+        var info = new System.Diagnostics.ProcessStartInfo("/usr/bin/setpriv")
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+        };
+        foreach (var arg in new[] { "--reuid=65534", "--regid=65534", "--clear-groups", "dotnet", EchoKitProcess.CliPath, "serve", "--port", "80" })
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        using var process = System.Diagnostics.Process.Start(info)!;
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync().WaitAsync(ExitDeadline);
+        Assert.Equal(3, process.ExitCode);
+        Assert.Contains("bind failed: Permission denied (EACCES) on [::]:80", await stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_bind_host_name_is_resolved_and_IPv6_literals_work()
+    {
+        var (server, port) = await EchoKitProcess.StartServerAsync("--bind", "[::1]", "--quiet");
+        await using (server)
+        {
+            using var client = await ConnectAsync(IPAddress.IPv6Loopback, port);
+            Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
+            await Assert.ThrowsAsync<SocketException>(() => ConnectAsync(IPAddress.Loopback, port));
+        }
+
+        var (named, namedPort) = await EchoKitProcess.StartServerAsync("--bind", "localhost", "--quiet");
+        await using (named)
+        {
+            using var client = await ConnectAsync(IPAddress.Loopback, namedPort);
+            Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
+        }
+    }
+
+    [Theory]
+    [InlineData("invalid --port value '-1'", "serve", "--port", "-1")]
+    [InlineData("invalid --port value '65536'", "serve", "--port", "65536")]
+    [InlineData("invalid --port value 'http'", "serve", "--port", "http")]
+    [InlineData("invalid --shutdown-timeout value: '-1s' is negative", "serve", "--shutdown-timeout", "-1s")]
+    [InlineData("invalid --shutdown-timeout value: 'soon' is not a duration", "serve", "--shutdown-timeout", "soon")]
+    [InlineData("invalid --bind value 'not an address'", "serve", "--bind", "not an address")]
+    [InlineData("'--frobnicate'", "serve", "--frobnicate")]
+    [InlineData("Required argument missing for command: 'connect'", "connect")]
+    [InlineData("invalid port '0'", "connect", "127.0.0.1", "0")]
+    [InlineData("invalid port 'x'", "connect", "127.0.0.1:x")]
+    [InlineData("port given twice", "connect", "127.0.0.1:80", "81")]
+    [InlineData("invalid --send value: unknown escape \\q", "connect", "127.0.0.1", "--send", "a\\qb")]
+    [InlineData("invalid --send value: \\x must be followed by two hex digits", "connect", "127.0.0.1", "--send", "\\xZZ")]
+    [InlineData("invalid --expect value '0'", "connect", "127.0.0.1", "--send", "a", "--expect", "0")]
+    [InlineData("invalid --wait value: '0' must be greater than zero", "connect", "127.0.0.1", "--send", "a", "--wait", "0")]
+    [InlineData("invalid --connect-timeout value: '1 minute' is not a duration", "connect", "127.0.0.1", "--connect-timeout", "1 minute")]
+    [InlineData("Required command was not provided", new string[0])]
+    public async Task Each_bad_argument_is_one_line_on_stderr_and_exit_2(string expected, params string[] args)
+    {
+        var result = await EchoKitProcess.RunAsync(ExitDeadline, null, args);
+        Assert.Equal(2, result.ExitCode);
+        string line = Assert.Single(result.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith("echokit: ", line, StringComparison.Ordinal);
+        Assert.Contains(expected, line, StringComparison.Ordinal);
+        Assert.Contains("--help", line, StringComparison.Ordinal);
+        Assert.Empty(result.Stdout);
+    }
+
+    [Fact]
+    public async Task Help_lists_every_flag_with_its_default()
+    {
+        var result = await EchoKitProcess.RunAsync(ExitDeadline, null, "serve", "--help");
+        Assert.Equal(0, result.ExitCode);
+        foreach (var text in new[] { "--port", "[default: 8888]", "--bind", "--no-greeting", "--quiet", "--shutdown-timeout", "[default: 5s]" })
+        {
+            Assert.Contains(text, result.StdoutText, StringComparison.Ordinal);
+        }
+
+        var connect = await EchoKitProcess.RunAsync(ExitDeadline, null, "connect", "--help");
+        foreach (var text in new[] { "--send", "--expect", "--wait", "[default: 2s]", "--connect-timeout", "[default: 10s]", "--recv-timeout", "--send-timeout" })
+        {
+            Assert.Contains(text, connect.StdoutText, StringComparison.Ordinal);
+        }
+    }
+
+    internal static void NoStackTrace(string stderr)
+    {
+        Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("Exception", stderr, StringComparison.Ordinal);
+    }
+
+    internal static byte[] RandomBytes(int length)
+    {
+        var bytes = new byte[length];
+        Random.Shared.NextBytes(bytes);
+        return bytes;
+    }
+}
