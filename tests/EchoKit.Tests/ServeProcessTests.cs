@@ -13,7 +13,7 @@ public sealed class ServeProcessTests
     [Fact]
     public async Task Received_bytes_go_raw_to_stdout_and_events_to_stderr()
     {
-        var (server, port) = await EchoKitProcess.StartServerAsync();
+        var (server, port) = await ChildProcess.StartServerAsync();
         await using (server)
         {
             byte[] payload = [0, 1, 2, 0xFF, 0xFB, (byte)'h', (byte)'i', (byte)'\n'];
@@ -27,7 +27,7 @@ public sealed class ServeProcessTests
             }
 
             await server.WaitForStderrAsync("closed: closed by peer, 8 bytes in, 189 bytes out", Deadline);
-            server.Signal(EchoKitProcess.SIGTERM);
+            server.Signal(ChildProcess.SIGTERM);
             Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
             Assert.Equal(payload, server.StandardOutputBytes);
             Assert.Contains("accepted from 127.0.0.1:", server.StandardErrorText, StringComparison.Ordinal);
@@ -37,7 +37,7 @@ public sealed class ServeProcessTests
     [Fact]
     public async Task Quiet_prints_nothing_to_stdout()
     {
-        var (server, port) = await EchoKitProcess.StartServerAsync("--quiet", "--no-greeting");
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting");
         await using (server)
         {
             using (var client = await ConnectAsync(port))
@@ -47,7 +47,7 @@ public sealed class ServeProcessTests
             }
 
             await server.WaitForStderrAsync("closed:", Deadline);
-            server.Signal(EchoKitProcess.SIGINT);
+            server.Signal(ChildProcess.SIGINT);
             Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
             Assert.Empty(server.StandardOutputBytes);
         }
@@ -56,7 +56,7 @@ public sealed class ServeProcessTests
     [Fact]
     public async Task SIGTERM_mid_stream_echoes_what_was_in_flight_closes_with_FIN_and_exits_0()
     {
-        var (server, port) = await EchoKitProcess.StartServerAsync("--quiet", "--no-greeting", "--shutdown-timeout", "10s");
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--shutdown-timeout", "10s");
         await using (server)
         {
             var clients = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => ConnectAsync(port)));
@@ -69,7 +69,7 @@ public sealed class ServeProcessTests
                 var sends = clients.Select((c, i) => c.SendAsync(payloads[i])).ToArray();
                 await Task.WhenAll(sends).WaitAsync(Deadline);
 
-                server.Signal(EchoKitProcess.SIGTERM);
+                server.Signal(ChildProcess.SIGTERM);
 
                 for (int i = 0; i < clients.Length; i++)
                 {
@@ -101,7 +101,7 @@ public sealed class ServeProcessTests
     [Fact]
     public async Task A_client_that_never_finishes_is_aborted_at_the_shutdown_timeout_and_the_exit_code_is_still_0()
     {
-        var (server, port) = await EchoKitProcess.StartServerAsync("--quiet", "--no-greeting", "--shutdown-timeout", "1s");
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--shutdown-timeout", "1s");
         await using (server)
         {
             using var stubborn = await ConnectAsync(port);
@@ -121,7 +121,7 @@ public sealed class ServeProcessTests
             }
 
             var started = DateTime.UtcNow;
-            server.Signal(EchoKitProcess.SIGTERM);
+            server.Signal(ChildProcess.SIGTERM);
             Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
             Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(15));
             Assert.Contains("aborted at shutdown timeout", server.StandardErrorText, StringComparison.Ordinal);
@@ -131,18 +131,18 @@ public sealed class ServeProcessTests
     [Fact]
     public async Task A_restart_binds_the_same_port_at_once_although_the_last_connection_is_in_TIME_WAIT()
     {
-        var (first, port) = await EchoKitProcess.StartServerAsync("--quiet");
+        var (first, port) = await ChildProcess.StartServerAsync("--quiet");
         await using (first)
         {
             using var client = await ConnectAsync(port);
             await ReceiveExactlyAsync(client, GreetingBytes.Length);
-            first.Signal(EchoKitProcess.SIGTERM);
+            first.Signal(ChildProcess.SIGTERM);
             Assert.Empty(await ReceiveToEndAsync(client)); // the server closed first: its side goes to TIME_WAIT
             client.Dispose();
             Assert.Equal(0, await first.WaitForExitAsync(ExitDeadline));
         }
 
-        await using var second = EchoKitProcess.Start("serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--quiet");
+        await using var second = ChildProcess.Start("serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--quiet");
         await second.WaitForStderrAsync($"listening on [::]:{port}", Deadline);
         using var again = await ConnectAsync(port);
         Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(again, GreetingBytes.Length));
@@ -156,7 +156,7 @@ public sealed class ServeProcessTests
         holder.Listen();
         int port = ((IPEndPoint)holder.LocalEndPoint!).Port;
 
-        var result = await EchoKitProcess.RunAsync(ExitDeadline, null, "serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, "serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture));
 
         Assert.Equal(3, result.ExitCode);
         string line = Assert.Single(result.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
@@ -167,7 +167,7 @@ public sealed class ServeProcessTests
     [Fact]
     public async Task An_address_this_machine_does_not_have_is_EADDRNOTAVAIL_and_exit_3()
     {
-        var result = await EchoKitProcess.RunAsync(ExitDeadline, null, "serve", "--port", "0", "--bind", "192.0.2.1");
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, "serve", "--port", "0", "--bind", "192.0.2.1");
         Assert.Equal(3, result.ExitCode);
         Assert.Contains("bind failed: Cannot assign requested address (EADDRNOTAVAIL) on 192.0.2.1:0", result.Stderr, StringComparison.Ordinal);
         NoStackTrace(result.Stderr);
@@ -176,15 +176,16 @@ public sealed class ServeProcessTests
     [Fact]
     public async Task A_privileged_port_without_privilege_is_EACCES_and_exit_3()
     {
-        // Tests run as root here, so drop to nobody for this one (setpriv is in util-linux).
+        // Tests run as root here: take away CAP_NET_BIND_SERVICE for this one process (setpriv is in util-linux).
         Assert.SkipUnless(File.Exists("/usr/bin/setpriv"), "setpriv (util-linux) is not installed");
-        Assert.SkipWhen(Environment.UserName != "root", "needs root to switch to another user; a non-root user already lacks the privilege");
+        Assert.SkipWhen(int.Parse(File.ReadAllText("/proc/sys/net/ipv4/ip_unprivileged_port_start").Trim(), System.Globalization.CultureInfo.InvariantCulture) <= 80,
+            "this kernel lets anyone bind port 80 (net.ipv4.ip_unprivileged_port_start)");
         var info = new System.Diagnostics.ProcessStartInfo("/usr/bin/setpriv")
         {
             RedirectStandardError = true,
             RedirectStandardOutput = true,
         };
-        foreach (var arg in new[] { "--reuid=65534", "--regid=65534", "--clear-groups", "dotnet", EchoKitProcess.CliPath, "serve", "--port", "80" })
+        foreach (var arg in new[] { "--bounding-set=-net_bind_service", "dotnet", ChildProcess.CliPath, "serve", "--port", "80" })
         {
             info.ArgumentList.Add(arg);
         }
@@ -199,7 +200,7 @@ public sealed class ServeProcessTests
     [Fact]
     public async Task A_bind_host_name_is_resolved_and_IPv6_literals_work()
     {
-        var (server, port) = await EchoKitProcess.StartServerAsync("--bind", "[::1]", "--quiet");
+        var (server, port) = await ChildProcess.StartServerAsync("--bind", "[::1]", "--quiet");
         await using (server)
         {
             using var client = await ConnectAsync(IPAddress.IPv6Loopback, port);
@@ -207,7 +208,7 @@ public sealed class ServeProcessTests
             await Assert.ThrowsAsync<SocketException>(() => ConnectAsync(IPAddress.Loopback, port));
         }
 
-        var (named, namedPort) = await EchoKitProcess.StartServerAsync("--bind", "localhost", "--quiet");
+        var (named, namedPort) = await ChildProcess.StartServerAsync("--bind", "localhost", "--quiet");
         await using (named)
         {
             using var client = await ConnectAsync(IPAddress.Loopback, namedPort);
@@ -235,7 +236,7 @@ public sealed class ServeProcessTests
     [InlineData("Required command was not provided", new string[0])]
     public async Task Each_bad_argument_is_one_line_on_stderr_and_exit_2(string expected, params string[] args)
     {
-        var result = await EchoKitProcess.RunAsync(ExitDeadline, null, args);
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, args);
         Assert.Equal(2, result.ExitCode);
         string line = Assert.Single(result.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
         Assert.StartsWith("echokit: ", line, StringComparison.Ordinal);
@@ -247,14 +248,14 @@ public sealed class ServeProcessTests
     [Fact]
     public async Task Help_lists_every_flag_with_its_default()
     {
-        var result = await EchoKitProcess.RunAsync(ExitDeadline, null, "serve", "--help");
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, "serve", "--help");
         Assert.Equal(0, result.ExitCode);
         foreach (var text in new[] { "--port", "[default: 8888]", "--bind", "--no-greeting", "--quiet", "--shutdown-timeout", "[default: 5s]" })
         {
             Assert.Contains(text, result.StdoutText, StringComparison.Ordinal);
         }
 
-        var connect = await EchoKitProcess.RunAsync(ExitDeadline, null, "connect", "--help");
+        var connect = await ChildProcess.RunAsync(ExitDeadline, null, "connect", "--help");
         foreach (var text in new[] { "--send", "--expect", "--wait", "[default: 2s]", "--connect-timeout", "[default: 10s]", "--recv-timeout", "--send-timeout" })
         {
             Assert.Contains(text, connect.StdoutText, StringComparison.Ordinal);

@@ -30,8 +30,11 @@ internal static partial class Log
     [LoggerMessage(8, LogLevel.Information, "stopped")]
     public static partial void Stopped(ILogger logger);
 
-    public static string ReasonText(CloseReason reason, SocketError error) =>
-        reason == CloseReason.Error || (reason == CloseReason.PeerReset && error != SocketError.Success)
-            ? $"{reason.Describe()} {SocketErrorText.Describe(error)}"
-            : reason.Describe();
+    /// <summary>"closed by peer", "reset by peer (ECONNRESET)", "error: No route to host (EHOSTUNREACH)".</summary>
+    public static string ReasonText(CloseReason reason, SocketError error) => (reason, error) switch
+    {
+        (CloseReason.PeerReset, not SocketError.Success) => $"{reason.Describe()} ({SocketErrorText.Of(error).Errno})",
+        (CloseReason.Error, not SocketError.Success) => $"{reason.Describe()}: {SocketErrorText.Describe(error)}",
+        _ => reason.Describe(),
+    };
 }

@@ -5,11 +5,11 @@ using System.Text;
 namespace EchoKit.Tests.Infrastructure;
 
 /// <summary>
-/// The real <c>echokit</c> program as a child process: stdin writable, stdout captured as bytes,
+/// A child process (the real <c>echokit</c> program, or nc, socat, a web server): stdin writable, stdout captured as bytes,
 /// stderr captured as lines that tests can wait for. Every wait has a deadline; Dispose kills
 /// what is still running (our own child, by PID).
 /// </summary>
-public sealed partial class EchoKitProcess : IAsyncDisposable
+public sealed partial class ChildProcess : IAsyncDisposable
 {
     private readonly Process _process;
     private readonly MemoryStream _stdout = new();
@@ -17,9 +17,10 @@ public sealed partial class EchoKitProcess : IAsyncDisposable
     private readonly Task _stdoutPump;
     private readonly Task _stderrPump;
     private readonly object _gate = new();
+    private TaskCompletionSource _stdoutChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _stderrChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    private EchoKitProcess(Process process)
+    private ChildProcess(Process process)
     {
         _process = process;
         _stdoutPump = PumpStdoutAsync();
@@ -32,38 +33,35 @@ public sealed partial class EchoKitProcess : IAsyncDisposable
 
     public Stream StandardInput => _process.StandardInput.BaseStream;
 
-    public static EchoKitProcess Start(params string[] args) => Start(null, args);
+    /// <summary>Starts <c>echokit ARGS</c>.</summary>
+    public static ChildProcess Start(params string[] args) => StartProgram(DotnetHost, [CliPath, .. args]);
 
-    public static EchoKitProcess Start(IDictionary<string, string>? environment, params string[] args)
+    /// <summary>Starts any program (nc, socat, python3 ...) by name or path.</summary>
+    public static ChildProcess StartProgram(string file, params string[] args)
     {
-        var info = new ProcessStartInfo(DotnetHost)
+        var info = new ProcessStartInfo(file)
         {
             RedirectStandardInput = true,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        info.ArgumentList.Add(CliPath);
         foreach (var arg in args)
         {
             info.ArgumentList.Add(arg);
         }
 
-        if (environment is not null)
-        {
-            foreach (var (key, value) in environment)
-            {
-                info.Environment[key] = value;
-            }
-        }
-
-        return new EchoKitProcess(Process.Start(info) ?? throw new InvalidOperationException("could not start echokit"));
+        return new ChildProcess(Process.Start(info) ?? throw new InvalidOperationException($"could not start {file}"));
     }
 
     /// <summary>Runs echokit to completion with <paramref name="stdin"/> as its input (then EOF).</summary>
-    public static async Task<Result> RunAsync(TimeSpan deadline, byte[]? stdin, params string[] args)
+    public static Task<Result> RunAsync(TimeSpan deadline, byte[]? stdin, params string[] args) =>
+        RunProgramAsync(DotnetHost, deadline, stdin, [CliPath, .. args]);
+
+    /// <summary>Runs a program to completion with <paramref name="stdin"/> as its input (then EOF).</summary>
+    public static async Task<Result> RunProgramAsync(string file, TimeSpan deadline, byte[]? stdin, params string[] args)
     {
-        await using var process = Start(args);
+        await using var process = StartProgram(file, args);
         if (stdin is not null)
         {
             await process.StandardInput.WriteAsync(stdin);
@@ -113,10 +111,20 @@ public sealed partial class EchoKitProcess : IAsyncDisposable
         int n;
         while ((n = await stream.ReadAsync(buffer)) > 0)
         {
+            TaskCompletionSource changed;
             lock (_stdout)
             {
                 _stdout.Write(buffer, 0, n);
+                changed = _stdoutChanged;
+                _stdoutChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
             }
+
+            changed.TrySetResult();
+        }
+
+        lock (_stdout)
+        {
+            _stdoutChanged.TrySetResult();
         }
     }
 
@@ -139,6 +147,33 @@ public sealed partial class EchoKitProcess : IAsyncDisposable
         lock (_gate)
         {
             _stderrChanged.TrySetResult();
+        }
+    }
+
+    /// <summary>Waits until stdout holds at least <paramref name="count"/> bytes; returns them all.</summary>
+    public async Task<byte[]> WaitForStdoutAsync(int count, TimeSpan deadline)
+    {
+        var until = DateTime.UtcNow + deadline;
+        while (true)
+        {
+            Task changed;
+            lock (_stdout)
+            {
+                if (_stdout.Length >= count)
+                {
+                    return _stdout.ToArray();
+                }
+
+                changed = _stdoutChanged.Task;
+            }
+
+            var left = until - DateTime.UtcNow;
+            if (left <= TimeSpan.Zero || _stdoutPump.IsCompleted)
+            {
+                throw new TimeoutException($"stdout never reached {count} bytes within {deadline}; it has {StandardOutputBytes.Length}; stderr:\n{StandardErrorText}");
+            }
+
+            await Task.WhenAny(changed, Task.Delay(left));
         }
     }
 
@@ -171,7 +206,7 @@ public sealed partial class EchoKitProcess : IAsyncDisposable
     }
 
     /// <summary>Starts <c>echokit serve</c> on an OS-chosen port and waits for its listening line.</summary>
-    public static async Task<(EchoKitProcess Process, int Port)> StartServerAsync(params string[] extraArgs)
+    public static async Task<(ChildProcess Process, int Port)> StartServerAsync(params string[] extraArgs)
     {
         var process = Start(["serve", "--port", "0", .. extraArgs]);
         try
@@ -211,7 +246,7 @@ public sealed partial class EchoKitProcess : IAsyncDisposable
         }
         catch (OperationCanceledException)
         {
-            throw new TimeoutException($"echokit (pid {_process.Id}) did not exit within {deadline}; stderr:\n{StandardErrorText}");
+            throw new TimeoutException($"child process (pid {_process.Id}) did not exit within {deadline}; stderr:\n{StandardErrorText}");
         }
 
         await Task.WhenAll(_stdoutPump, _stderrPump).WaitAsync(TimeSpan.FromSeconds(10));
