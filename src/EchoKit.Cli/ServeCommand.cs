@@ -25,6 +25,15 @@ internal static class ServeCommand
         };
         var noGreeting = new Option<bool>("--no-greeting") { Description = "Do not send the three greeting lines (plain RFC 862 echo)" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Do not write received bytes to stdout" };
+        var maxConnections = new Option<int>("--max-connections")
+        {
+            Description = "Connections served at once; one more gets 'server busy: N connections' and is closed (0: unlimited)",
+            HelpName = "N",
+            DefaultValueFactory = _ => 10_000,
+            CustomParser = r => CliOptions.ParseInteger(r, "--max-connections", 0, 10_000_000),
+        };
+        var idleTimeout = CliOptions.Duration("--idle-timeout", "Close a connection that has sent nothing for this long (0: never)", "300s");
+        var sendTimeout = CliOptions.Duration("--send-timeout", "Reset a connection whose peer has not read for this long, so the server cannot send (0: never)", "60s");
         var shutdownTimeout = CliOptions.Duration("--shutdown-timeout", "On SIGINT/SIGTERM, how long connections may finish before they are aborted", "5s");
         var logLevel = new Option<LogLevel>("--log-level")
         {
@@ -34,7 +43,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, noGreeting, quiet, shutdownTimeout.Option, logLevel,
+            port, bind, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel,
         };
 
         command.SetAction(async (result, _) =>
@@ -60,6 +69,9 @@ internal static class ServeCommand
                 BindAddresses = addresses,
                 SendGreeting = !result.GetValue(noGreeting),
                 ShutdownTimeout = shutdownTimeout.Get(result)!.Value,
+                MaxConnections = result.GetValue(maxConnections),
+                IdleTimeout = idleTimeout.Get(result)!.Value,
+                SendTimeout = sendTimeout.Get(result)!.Value,
             };
             return await RunAsync(options, result.GetValue(quiet), result.GetValue(logLevel)).ConfigureAwait(false);
         });

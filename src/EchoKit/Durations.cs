@@ -5,6 +5,9 @@ namespace EchoKit;
 /// <summary>Durations as users type them: <c>500ms</c>, <c>2s</c>, <c>5m</c>, <c>1h</c>, or plain (fractional) seconds.</summary>
 public static class Durations
 {
+    // No inner white space ("10 s"), no thousands separators, no currency: a number and a unit.
+    private const NumberStyles Strict = NumberStyles.AllowLeadingSign | NumberStyles.AllowDecimalPoint | NumberStyles.AllowExponent;
+
     private static readonly (string Suffix, double Milliseconds)[] Units =
     [
         ("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000),
@@ -27,7 +30,7 @@ public static class Durations
         foreach (var (suffix, ms) in Units)
         {
             if (text.EndsWith(suffix, StringComparison.OrdinalIgnoreCase) && double.TryParse(text[..^suffix.Length],
-                    NumberStyles.Float, CultureInfo.InvariantCulture, out _))
+                    Strict, CultureInfo.InvariantCulture, out _))
             {
                 scale = ms;
                 number = text[..^suffix.Length];
@@ -35,7 +38,7 @@ public static class Durations
             }
         }
 
-        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out double amount)
+        if (!double.TryParse(number, Strict, CultureInfo.InvariantCulture, out double amount)
             || double.IsNaN(amount) || double.IsInfinity(amount))
         {
             error = $"'{text}' is not a duration; use e.g. 500ms, 2s, 5m, 1h or plain seconds";

@@ -21,6 +21,7 @@ public sealed class EchoServer : IAsyncDisposable
     private readonly List<Task> _acceptLoops = [];
     private readonly ConcurrentDictionary<long, (EchoConnection Connection, Task Run)> _connections = new();
     private ConnectionHeartbeat? _heartbeat;
+    private int _connectionLimit; // 0: unlimited
     private long _nextId;
     private int _activeCount;
     private int _state; // 0 new, 1 started, 2 stopping/stopped
@@ -76,6 +77,8 @@ public sealed class EchoServer : IAsyncDisposable
             throw;
         }
 
+        _connectionLimit = EffectiveConnectionLimit();
+
         foreach (var listener in _listeners)
         {
             Log.Listening(_logger, EndPointText.Format(listener.LocalEndPoint) + (listener.IsDualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
@@ -93,6 +96,22 @@ public sealed class EchoServer : IAsyncDisposable
         }
     }
 
+    /// <summary>The connection limit in force: --max-connections, lowered to what the descriptor limit allows.</summary>
+    public int ConnectionLimit => _connectionLimit;
+
+    private int EffectiveConnectionLimit()
+    {
+        int configured = Options.MaxConnections;
+        int? budget = DescriptorBudget.Connections(_listeners.Count);
+        if (budget is { } fit && (configured == 0 || fit < configured))
+        {
+            Log.DescriptorLimited(_logger, fit, configured == 0 ? "unlimited" : configured.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            return fit;
+        }
+
+        return configured;
+    }
+
     private IEnumerable<IPAddress> AddressesToBind()
     {
         if (Options.BindAddresses.Count > 0)
@@ -107,7 +126,7 @@ public sealed class EchoServer : IAsyncDisposable
     {
         long id = Interlocked.Increment(ref _nextId);
         int count = Interlocked.Increment(ref _activeCount);
-        if (Options.MaxConnections > 0 && count > Options.MaxConnections)
+        if (_connectionLimit > 0 && count > _connectionLimit)
         {
             Interlocked.Decrement(ref _activeCount);
             RefuseBusy(socket);
@@ -149,12 +168,12 @@ public sealed class EchoServer : IAsyncDisposable
 
     private void RefuseBusy(Socket socket)
     {
-        var peerEndPoint = EndPointText.Normalize(socket.RemoteEndPoint);
+        var peerEndPoint = EndPointText.PeerOf(socket);
         var peer = EndPointText.Format(peerEndPoint);
         try
         {
             socket.Blocking = false;
-            socket.Send(System.Text.Encoding.ASCII.GetBytes($"server busy: {Options.MaxConnections} connections\n"), SocketFlags.None, out _);
+            socket.Send(System.Text.Encoding.ASCII.GetBytes($"server busy: {_connectionLimit} connections\n"), SocketFlags.None, out _);
             socket.Shutdown(SocketShutdown.Send);
         }
         catch (SocketException)
@@ -166,7 +185,7 @@ public sealed class EchoServer : IAsyncDisposable
             socket.Dispose();
         }
 
-        Log.Busy(_logger, peer, Options.MaxConnections);
+        Log.Busy(_logger, peer, _connectionLimit);
         ConnectionClosed?.Invoke(new ClosedConnection(0, peerEndPoint, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
     }
 

@@ -24,6 +24,19 @@ public static class EndPointText
             : $"{address}:{port}";
     }
 
+    /// <summary>The peer of an accepted socket, or null if it is already gone (getpeername fails with ENOTCONN).</summary>
+    public static EndPoint? PeerOf(System.Net.Sockets.Socket socket)
+    {
+        try
+        {
+            return Normalize(socket.RemoteEndPoint);
+        }
+        catch (System.Net.Sockets.SocketException)
+        {
+            return null;
+        }
+    }
+
     /// <summary>Normalises an accepted peer's address (dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d).</summary>
     public static EndPoint? Normalize(EndPoint? endPoint) =>
         endPoint is IPEndPoint { Address.IsIPv4MappedToIPv6: true } ip

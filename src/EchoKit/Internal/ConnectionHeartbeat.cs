@@ -43,6 +43,11 @@ internal sealed class ConnectionHeartbeat : IDisposable
         long now = Environment.TickCount64;
         foreach (var connection in _connections())
         {
+            if (connection.Reason != CloseReason.None)
+            {
+                continue; // already ending
+            }
+
             long sendStarted = connection.SendStartedTicks;
             if (_sendMs > 0 && sendStarted != 0 && now - sendStarted >= _sendMs)
             {

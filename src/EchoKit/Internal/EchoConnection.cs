@@ -37,7 +37,7 @@ internal sealed class EchoConnection
         Id = id;
         _socket = socket;
         _server = server;
-        Peer = EndPointText.Normalize(socket.RemoteEndPoint);
+        Peer = EndPointText.PeerOf(socket);
         // Synchronous calls return EAGAIN instead of blocking; async calls are unaffected.
         socket.Blocking = false;
     }
@@ -63,12 +63,16 @@ internal sealed class EchoConnection
         var options = _server.Options;
         try
         {
-            if (options.SendGreeting)
+            if (options.SendGreeting && !Succeeded(await SendAllAsync(Greeting.Bytes).ConfigureAwait(false)))
             {
-                await SendAllAsync(Greeting.Bytes).ConfigureAwait(false);
+                return;
             }
 
-            await EchoUntilEndAsync(options.ReceiveBufferSize).ConfigureAwait(false);
+            if (!await EchoUntilEndAsync(options.ReceiveBufferSize).ConfigureAwait(false))
+            {
+                return;
+            }
+
             if (!_finSent)
             {
                 // The peer half-closed and everything it sent has been echoed: say so with a FIN.
@@ -78,8 +82,7 @@ internal sealed class EchoConnection
         }
         catch (SocketException e)
         {
-            _error = e.SocketErrorCode;
-            TrySetReason(SocketErrorText.IsPeerReset(e.SocketErrorCode) ? CloseReason.PeerReset : CloseReason.Error);
+            Succeeded(e.SocketErrorCode);
         }
         catch (ObjectDisposedException)
         {
@@ -94,8 +97,21 @@ internal sealed class EchoConnection
         }
     }
 
-    /// <summary>Echoes until the peer shuts down its send side (EOF).</summary>
-    private async ValueTask EchoUntilEndAsync(int bufferSize)
+    /// <summary>Records a failed call's error as the close reason (a reset, or another error); true for success.</summary>
+    private bool Succeeded(SocketError error)
+    {
+        if (error == SocketError.Success)
+        {
+            return true;
+        }
+
+        _error = error;
+        TrySetReason(SocketErrorText.IsPeerReset(error) ? CloseReason.PeerReset : CloseReason.Error);
+        return false;
+    }
+
+    /// <summary>Echoes until the peer shuts down its send side (EOF): true; false when a socket error ended it.</summary>
+    private async ValueTask<bool> EchoUntilEndAsync(int bufferSize)
     {
         var pool = ArrayPool<byte>.Shared;
         while (true)
@@ -118,15 +134,15 @@ internal sealed class EchoConnection
                     continue;
                 }
 
-                if (error != SocketError.Success)
+                if (!Succeeded(error))
                 {
-                    throw new SocketException((int)error);
+                    return false;
                 }
 
                 if (received == 0)
                 {
-                    TrySetReason(CloseReason.PeerClosed); // no-op after a drain FIN: ServerShutdown stays
-                    return;
+                    TrySetReason(_finSent ? CloseReason.ServerShutdown : CloseReason.PeerClosed);
+                    return true;
                 }
 
                 Volatile.Write(ref _lastReceiveTicks, Environment.TickCount64);
@@ -137,7 +153,11 @@ internal sealed class EchoConnection
                 }
 
                 var payload = buffer.AsMemory(0, received);
-                await SendAllAsync(payload).ConfigureAwait(false);
+                if (!Succeeded(await SendAllAsync(payload).ConfigureAwait(false)))
+                {
+                    return false;
+                }
+
                 if (_server.PayloadSink is { } sink)
                 {
                     await sink.WriteAsync(Id, payload).ConfigureAwait(false);
@@ -150,17 +170,32 @@ internal sealed class EchoConnection
         }
     }
 
-    private async ValueTask SendAllAsync(ReadOnlyMemory<byte> data)
+    /// <summary>
+    /// Sends everything. First straight into the kernel's buffer with a non-blocking send (no async
+    /// machinery, and a reset comes back as a code, not an exception); only when the buffer is full
+    /// does it wait asynchronously, and that wait is what the send timeout watches.
+    /// </summary>
+    private async ValueTask<SocketError> SendAllAsync(ReadOnlyMemory<byte> data)
     {
         while (!data.IsEmpty)
         {
-            Volatile.Write(ref _sendStartedTicks, Environment.TickCount64);
-            int sent = await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
+            int sent = _socket.Send(data.Span, SocketFlags.None, out SocketError error);
+            if (error == SocketError.WouldBlock)
+            {
+                Volatile.Write(ref _sendStartedTicks, Environment.TickCount64);
+                sent = await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
+                Volatile.Write(ref _sendStartedTicks, 0);
+            }
+            else if (error != SocketError.Success)
+            {
+                return error;
+            }
+
             BytesOut += sent;
             data = data[sent..];
         }
 
-        Volatile.Write(ref _sendStartedTicks, 0);
+        return SocketError.Success;
     }
 
     /// <summary>
@@ -177,7 +212,6 @@ internal sealed class EchoConnection
         }
 
         _finSent = true;
-        TrySetReason(CloseReason.ServerShutdown);
         try
         {
             _socket.Shutdown(SocketShutdown.Send);
@@ -188,13 +222,13 @@ internal sealed class EchoConnection
         }
     }
 
-    /// <summary>Ends the connection now. With <paramref name="reset"/> the peer gets an RST (nothing more is sent).</summary>
+    /// <summary>
+    /// Ends the connection now (the first reason recorded is the one reported). With
+    /// <paramref name="reset"/> the peer gets an RST and nothing more is sent.
+    /// </summary>
     public void Abort(CloseReason reason, bool reset)
     {
-        if (!TrySetReason(reason))
-        {
-            return;
-        }
+        TrySetReason(reason);
 
         try
         {

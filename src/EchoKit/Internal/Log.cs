@@ -27,6 +27,12 @@ internal static partial class Log
     [LoggerMessage(7, LogLevel.Warning, "shutdown timeout: aborting {Count} connections")]
     public static partial void AbortingAtShutdown(ILogger logger, int count);
 
+    [LoggerMessage(9, LogLevel.Warning, "the descriptor limit allows {Limit} connections (--max-connections is {Configured}); more get 'server busy'")]
+    public static partial void DescriptorLimited(ILogger logger, int limit, string configured);
+
+    [LoggerMessage(10, LogLevel.Error, "connection setup failed: {Error}")]
+    public static partial void SetupFailed(ILogger logger, string error);
+
     [LoggerMessage(8, LogLevel.Information, "stopped")]
     public static partial void Stopped(ILogger logger);
 

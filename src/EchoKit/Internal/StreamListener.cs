@@ -124,7 +124,16 @@ internal sealed class StreamListener : IDisposable
             }
 
             backoff = MinBackoff;
-            onAccepted(accepted);
+            try
+            {
+                onAccepted(accepted);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
+            {
+                // One connection's setup failed (e.g. it was reset before we looked at it): not the listener's problem.
+                Log.SetupFailed(_logger, e.Message);
+                accepted.Dispose();
+            }
         }
     }
 

@@ -1,0 +1,98 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+
+namespace EchoKit.Internal;
+
+/// <summary>
+/// How many connections this process can hold without running out of file descriptors.
+///
+/// Like Go's runtime, the soft RLIMIT_NOFILE is first raised to the hard limit. Like HAProxy's
+/// maxconn derived from ulimit-n, the server then never accepts past the limit minus a reserve:
+/// the runtime itself needs descriptors now and then (it opens assemblies lazily, for one), and
+/// when a .NET process hits EMFILE there it aborts ("Out of memory."). Connections past the
+/// budget are still accepted, answered "server busy" and closed, so clients learn why.
+/// </summary>
+internal static class DescriptorBudget
+{
+    /// <summary>Descriptors kept free for the runtime, logging and the busy answer itself.</summary>
+    public const int Reserve = 48;
+
+    private const int RlimitNofile = 7; // Linux, every architecture .NET runs on
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct RLimit
+    {
+        public ulong Current;
+        public ulong Maximum;
+    }
+
+    [DllImport("libc", EntryPoint = "getrlimit", SetLastError = true)]
+    private static extern int GetRLimit(int resource, out RLimit limit);
+
+    [DllImport("libc", EntryPoint = "setrlimit", SetLastError = true)]
+    private static extern int SetRLimit(int resource, in RLimit limit);
+
+    /// <summary>The soft descriptor limit after raising it as far as allowed, or null where unknown (not Linux).</summary>
+    public static long? RaiseAndReadLimit()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        try
+        {
+            if (GetRLimit(RlimitNofile, out var limit) != 0)
+            {
+                return null;
+            }
+
+            if (limit.Current < limit.Maximum)
+            {
+                var raised = new RLimit { Current = limit.Maximum, Maximum = limit.Maximum };
+                if (SetRLimit(RlimitNofile, raised) == 0)
+                {
+                    limit = raised;
+                }
+            }
+
+            return limit.Current > int.MaxValue ? int.MaxValue : (long)limit.Current;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Descriptors open in this process right now, or 0 where that cannot be read.</summary>
+    public static int OpenNow()
+    {
+        try
+        {
+            return Directory.GetFileSystemEntries("/proc/self/fd").Length;
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>Connections that fit: the limit less what is open and the reserve; null when unlimited or unknown.</summary>
+    public static int? Connections(int listeners)
+    {
+        long? limit = RaiseAndReadLimit();
+        if (limit is null)
+        {
+            return null;
+        }
+
+        long budget = limit.Value - OpenNow() - listeners - Reserve;
+        return (int)Math.Clamp(budget, 1, int.MaxValue);
+    }
+
+    internal static string Describe(long limit) => limit.ToString(CultureInfo.InvariantCulture);
+}

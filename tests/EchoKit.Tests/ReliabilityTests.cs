@@ -1,0 +1,313 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using EchoKit.Tests.Infrastructure;
+using static EchoKit.Tests.Infrastructure.Loopback;
+
+namespace EchoKit.Tests;
+
+/// <summary>Limits, timeouts, backpressure and exhaustion, each against the real <c>echokit serve</c> process.</summary>
+[Collection(nameof(ReliabilityTests))]
+public sealed class ReliabilityTests
+{
+    private static readonly TimeSpan ExitDeadline = TimeSpan.FromSeconds(20);
+
+    private static async Task AssertEchoesAsync(Socket client, int size = 16)
+    {
+        var message = new byte[size];
+        Random.Shared.NextBytes(message);
+        await client.SendAsync(message);
+        Assert.Equal(message, await ReceiveExactlyAsync(client, size));
+    }
+
+    private static async Task StopAsync(ChildProcess server)
+    {
+        server.Signal(ChildProcess.SIGTERM);
+        Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+    }
+
+    [Fact]
+    public async Task Max_connections_refuses_one_more_with_a_line_keeps_the_others_and_recovers()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--max-connections", "3");
+        await using (server)
+        {
+            var clients = new List<Socket>();
+            for (int i = 0; i < 3; i++)
+            {
+                clients.Add(await ConnectAsync(port));
+                await AssertEchoesAsync(clients[^1]); // accepted and served before the next one comes
+            }
+
+            using (var refused = await ConnectAsync(port))
+            {
+                Assert.Equal("server busy: 3 connections\n", Encoding.ASCII.GetString(await ReceiveToEndAsync(refused)));
+            }
+
+            await server.WaitForStderrAsync("refused: server busy (3 connections)", Deadline);
+            foreach (var client in clients)
+            {
+                await AssertEchoesAsync(client);
+            }
+
+            clients[0].Dispose();
+            await server.WaitForStderrAsync("connection 1 from", Deadline); // its close is logged
+            using (var later = await ConnectAsync(port))
+            {
+                await AssertEchoesAsync(later);
+            }
+
+            clients.ForEach(c => c.Dispose());
+            await StopAsync(server);
+        }
+    }
+
+    [Fact]
+    public async Task Idle_timeout_reaps_a_silent_connection_between_D_and_2D_and_spares_one_that_sends_every_D_over_4()
+    {
+        var idle = TimeSpan.FromMilliseconds(1500);
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--idle-timeout", "1500ms");
+        await using (server)
+        {
+            var started = DateTime.UtcNow;
+            using var silent = await ConnectAsync(port);
+            using var chatty = await ConnectAsync(port);
+            await ReceiveExactlyAsync(chatty, GreetingBytes.Length);
+
+            // The silent one only receives (the greeting): what the server sends is no activity.
+            var silentEnd = Task.Run(async () =>
+            {
+                await ReceiveToEndAsync(silent, TimeSpan.FromSeconds(10));
+                return DateTime.UtcNow - started;
+            });
+
+            while (DateTime.UtcNow - started < idle * 2.5)
+            {
+                await AssertEchoesAsync(chatty, 1);
+                await Task.Delay(idle / 4);
+            }
+
+            var lifetime = await silentEnd;
+            Assert.InRange(lifetime, idle, idle * 2);
+            await AssertEchoesAsync(chatty, 1); // still open after 2.5·D
+            await server.WaitForStderrAsync("closed: idle timeout", Deadline);
+            chatty.Dispose();
+            await StopAsync(server);
+        }
+    }
+
+    [Fact]
+    public async Task Send_timeout_resets_a_client_that_stops_reading()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--send-timeout", "1s");
+        await using (server)
+        {
+            using var hog = await ConnectAsync(port);
+            var chunk = new byte[1 << 20];
+            var pushing = Task.Run(async () =>
+            {
+                try
+                {
+                    for (int i = 0; i < 256; i++)
+                    {
+                        await hog.SendAsync(chunk); // fills every buffer, then blocks until the server gives up
+                    }
+
+                    return (SocketError?)null;
+                }
+                catch (SocketException e)
+                {
+                    return e.SocketErrorCode;
+                }
+            });
+
+            await server.WaitForStderrAsync("closed: send timeout", Deadline);
+            Assert.Equal(SocketError.ConnectionReset, await pushing.WaitAsync(Deadline));
+
+            using (var other = await ConnectAsync(port))
+            {
+                await AssertEchoesAsync(other);
+            }
+
+            await StopAsync(server);
+        }
+    }
+
+    [Fact]
+    public async Task A_client_that_sends_without_reading_is_throttled_by_TCP_memory_stays_flat_and_others_are_served_at_once()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--send-timeout", "0");
+        await using (server)
+        {
+            using var probe = await ConnectAsync(port);
+            await AssertEchoesAsync(probe);
+            long rssBefore = ProcStats.ResidentBytes(server.Pid);
+
+            // Offer 256 MiB without ever reading the echo.
+            using var pusher = await ConnectAsync(port);
+            long pushed = 0;
+            using var stopPushing = new CancellationTokenSource(TimeSpan.FromSeconds(6));
+            var push = Task.Run(async () =>
+            {
+                var chunk = new byte[1 << 20];
+                try
+                {
+                    while (pushed < 256L << 20)
+                    {
+                        pushed += await pusher.SendAsync(chunk, SocketFlags.None, stopPushing.Token);
+                    }
+                }
+                catch (OperationCanceledException)
+                {
+                    // Time is up: TCP has been holding us back.
+                }
+            });
+
+            long worstMs = 0;
+            long maxRss = rssBefore;
+            while (!push.IsCompleted)
+            {
+                var sw = System.Diagnostics.Stopwatch.StartNew();
+                await AssertEchoesAsync(probe, 64);
+                worstMs = Math.Max(worstMs, sw.ElapsedMilliseconds);
+                maxRss = Math.Max(maxRss, ProcStats.ResidentBytes(server.Pid));
+                await Task.Delay(100);
+            }
+
+            await push;
+            Assert.True(pushed < 256L << 20, $"the server took all {pushed} bytes without the client reading: no backpressure");
+            Assert.True(worstMs < 1000, $"another client waited {worstMs} ms for its echo");
+            Assert.True(maxRss - rssBefore < 64L << 20, $"server RSS grew by {(maxRss - rssBefore) >> 20} MiB");
+            pusher.Dispose();
+            probe.Dispose();
+            await StopAsync(server);
+        }
+    }
+
+    [Fact]
+    public async Task With_only_256_descriptors_600_clients_are_served_or_told_busy_the_server_idles_and_recovers()
+    {
+        Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");
+        await using var server = ChildProcess.StartProgram("/usr/bin/prlimit", "--nofile=256:256", "--",
+            "dotnet", ChildProcess.CliPath, "serve", "--port", "0", "--quiet", "--no-greeting");
+        string line = await server.WaitForStderrAsync("listening on", Deadline);
+        int port = int.Parse(line[(line.LastIndexOf("]:", StringComparison.Ordinal) + 2)..].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+
+        var clients = new List<Socket>();
+        try
+        {
+            for (int i = 0; i < 600; i++)
+            {
+                clients.Add(await ConnectAsync(port)); // the kernel completes these; the server cannot accept them all
+            }
+
+            // It keeps a reserve of descriptors: past its budget it answers "server busy" instead of hitting EMFILE.
+            await server.WaitForStderrAsync("the descriptor limit allows", Deadline);
+            await server.WaitForStderrAsync("refused: server busy", Deadline);
+
+            // Saturated: it must wait, not spin.
+            var cpuBefore = ProcStats.CpuTime(server.Pid);
+            var wall = System.Diagnostics.Stopwatch.StartNew();
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            double cpuShare = (ProcStats.CpuTime(server.Pid) - cpuBefore) / wall.Elapsed;
+            Assert.True(cpuShare < 0.2, $"the saturated server used {cpuShare:P0} of a core");
+            Assert.False(server.HasExited);
+        }
+        finally
+        {
+            clients.ForEach(c => c.Dispose());
+        }
+
+        // Descriptors free up as those connections close; a new client is served without a restart.
+        using var fresh = await ConnectAsync(port);
+        var message = "after the storm"u8.ToArray();
+        try
+        {
+            await fresh.SendAsync(message);
+            Assert.Equal(message, await ReceiveExactlyAsync(fresh, message.Length, TimeSpan.FromSeconds(30)));
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException)
+        {
+            Assert.Fail($"the server did not serve a new client after the descriptors freed up: {e.Message}\n{server.StandardErrorText}");
+        }
+
+        Assert.False(server.HasExited);
+    }
+
+    [Fact]
+    public async Task Connect_close_churn_and_an_RST_storm_leak_no_descriptors_or_memory()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet");
+        await using (server)
+        {
+            // Warm up every path once (the runtime opens some assemblies lazily, which costs
+            // descriptors the first time), then take the baseline.
+            await ChurnAsync(port, workers: 2, cycles: 100);
+            await ResetStormAsync(port, batches: 1, size: 50);
+            await ProcStats.WaitUntilAsync(() => server.StandardErrorText.Split('\n').Count(l => l.Contains(" closed: ", StringComparison.Ordinal)) >= 250,
+                Deadline, () => "the warm-up connections to close");
+            int fdsBefore = ProcStats.OpenDescriptors(server.Pid);
+            long rssBefore = ProcStats.ResidentBytes(server.Pid);
+
+            await ChurnAsync(port, workers: 8, cycles: 2500);      // 20,000 connect / send / close cycles
+            await ResetStormAsync(port, batches: 10, size: 100);    // 1,000 connections reset mid-transfer
+
+            await ProcStats.WaitUntilAsync(() => ProcStats.OpenDescriptors(server.Pid) <= fdsBefore + 5, TimeSpan.FromSeconds(30),
+                () => $"descriptors {ProcStats.OpenDescriptors(server.Pid)}, started at {fdsBefore}");
+            long rssAfter = ProcStats.ResidentBytes(server.Pid);
+            Assert.True(rssAfter - rssBefore < 48L << 20, $"RSS grew from {rssBefore >> 20} MiB to {rssAfter >> 20} MiB");
+
+            using (var still = await ConnectAsync(port))
+            {
+                await ReceiveExactlyAsync(still, GreetingBytes.Length);
+                await AssertEchoesAsync(still);
+            }
+
+            await StopAsync(server);
+        }
+    }
+
+    private static Task ChurnAsync(int port, int workers, int cycles) =>
+        Task.WhenAll(Enumerable.Range(0, workers).Select(_ => Task.Run(async () =>
+        {
+            for (int i = 0; i < cycles; i++)
+            {
+                using var client = await ConnectAsync(port);
+                await ReceiveExactlyAsync(client, GreetingBytes.Length);
+                await AssertEchoesAsync(client, 8);
+            }
+        })));
+
+    private static async Task ResetStormAsync(int port, int batches, int size)
+    {
+        var junk = new byte[256 * 1024];
+        for (int batch = 0; batch < batches; batch++)
+        {
+            var victims = await Task.WhenAll(Enumerable.Range(0, size).Select(_ => ConnectAsync(port)));
+            foreach (var victim in victims)
+            {
+                _ = victim.SendAsync(junk); // in flight when the RST goes out
+                victim.LingerState = new LingerOption(true, 0);
+                victim.Dispose();
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData("invalid --max-connections value '-1'", "--max-connections", "-1")]
+    [InlineData("invalid --max-connections value 'many'", "--max-connections", "many")]
+    [InlineData("invalid --idle-timeout value: '-5s' is negative", "--idle-timeout", "-5s")]
+    [InlineData("invalid --idle-timeout value: 'forever' is not a duration", "--idle-timeout", "forever")]
+    [InlineData("invalid --send-timeout value: '10 s' is not a duration", "--send-timeout", "10 s")]
+    [InlineData("invalid --send-timeout value: '1e9h' is too long", "--send-timeout", "1e9h")]
+    public async Task Limit_flags_are_validated(string expected, params string[] args)
+    {
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, ["serve", "--port", "0", .. args]);
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains(expected, Assert.Single(result.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries)), StringComparison.Ordinal);
+    }
+}
+
+/// <summary>Timeouts, CPU and memory figures are measured here: these tests run alone, after the parallel ones.</summary>
+[CollectionDefinition(nameof(ReliabilityTests), DisableParallelization = true)]
+public sealed class ReliabilityTestsCollection;
