@@ -185,6 +185,52 @@ public sealed class ReliabilityTests
     }
 
     [Fact]
+    public async Task A_stdout_nobody_reads_slows_the_echo_instead_of_growing_memory_and_loses_no_byte()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync(stdoutPaused: true, "--no-greeting", "--send-timeout", "0");
+        await using (server)
+        {
+            long rssBefore = ProcStats.ResidentBytes(server.Pid);
+            using var client = await ConnectAsync(port);
+            var payload = ServeProcessTests.RandomBytes(64 << 20);
+            long sent = 0;
+            var echoed = new MemoryStream();
+            var reader = Task.Run(async () =>
+            {
+                var buffer = new byte[1 << 16];
+                int n;
+                while (echoed.Length < payload.Length && (n = await client.ReceiveAsync(buffer)) > 0)
+                {
+                    echoed.Write(buffer, 0, n);
+                }
+            });
+            var writer = Task.Run(async () =>
+            {
+                for (int offset = 0; offset < payload.Length; offset += 1 << 16)
+                {
+                    sent += await client.SendAsync(payload.AsMemory(offset, 1 << 16));
+                }
+            });
+
+            // stdout is a full pipe: printing waits, so echoing waits, so TCP holds the client back.
+            await Task.WhenAny(writer, Task.Delay(TimeSpan.FromSeconds(3)));
+            Assert.False(writer.IsCompleted, "64 MiB went through although nobody read the server's stdout");
+            Assert.True(sent < 48 << 20, $"{sent >> 20} MiB were taken in while stdout was blocked");
+            long rssBlocked = ProcStats.ResidentBytes(server.Pid);
+            Assert.True(rssBlocked - rssBefore < 64L << 20, $"server RSS grew by {(rssBlocked - rssBefore) >> 20} MiB");
+
+            server.ResumeStdout(); // the terminal catches up: everything flows, nothing was dropped
+            await writer.WaitAsync(TimeSpan.FromSeconds(60));
+            await reader.WaitAsync(TimeSpan.FromSeconds(60));
+            Assert.Equal(payload, echoed.ToArray());
+            await server.WaitForStdoutAsync(payload.Length, TimeSpan.FromSeconds(60));
+            Assert.Equal(payload, server.StandardOutputBytes);
+            client.Dispose();
+            await StopAsync(server);
+        }
+    }
+
+    [Fact]
     public async Task With_only_256_descriptors_600_clients_are_served_or_told_busy_the_server_idles_and_recovers()
     {
         Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");

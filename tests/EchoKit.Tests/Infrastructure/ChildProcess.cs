@@ -17,12 +17,18 @@ public sealed partial class ChildProcess : IAsyncDisposable
     private readonly Task _stdoutPump;
     private readonly Task _stderrPump;
     private readonly object _gate = new();
+    private readonly TaskCompletionSource _stdoutGate = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _stdoutChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _stderrChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    private ChildProcess(Process process)
+    private ChildProcess(Process process, bool stdoutPaused = false)
     {
         _process = process;
+        if (!stdoutPaused)
+        {
+            _stdoutGate.SetResult();
+        }
+
         _stdoutPump = PumpStdoutAsync();
         _stderrPump = PumpStderrAsync();
     }
@@ -37,7 +43,13 @@ public sealed partial class ChildProcess : IAsyncDisposable
     public static ChildProcess Start(params string[] args) => StartProgram(DotnetHost, [CliPath, .. args]);
 
     /// <summary>Starts any program (nc, socat, python3 ...) by name or path.</summary>
-    public static ChildProcess StartProgram(string file, params string[] args)
+    public static ChildProcess StartProgram(string file, params string[] args) => StartProgram(file, stdoutPaused: false, args);
+
+    /// <summary>
+    /// Starts a program; with <paramref name="stdoutPaused"/> nobody reads its stdout (a full pipe,
+    /// as with a slow terminal) until <see cref="ResumeStdout"/>.
+    /// </summary>
+    public static ChildProcess StartProgram(string file, bool stdoutPaused, params string[] args)
     {
         var info = new ProcessStartInfo(file)
         {
@@ -51,7 +63,7 @@ public sealed partial class ChildProcess : IAsyncDisposable
             info.ArgumentList.Add(arg);
         }
 
-        return new ChildProcess(Process.Start(info) ?? throw new InvalidOperationException($"could not start {file}"));
+        return new ChildProcess(Process.Start(info) ?? throw new InvalidOperationException($"could not start {file}"), stdoutPaused);
     }
 
     /// <summary>Runs echokit to completion with <paramref name="stdin"/> as its input (then EOF).</summary>
@@ -106,6 +118,7 @@ public sealed partial class ChildProcess : IAsyncDisposable
 
     private async Task PumpStdoutAsync()
     {
+        await _stdoutGate.Task;
         var buffer = new byte[64 * 1024];
         var stream = _process.StandardOutput.BaseStream;
         int n;
@@ -149,6 +162,9 @@ public sealed partial class ChildProcess : IAsyncDisposable
             _stderrChanged.TrySetResult();
         }
     }
+
+    /// <summary>Starts reading stdout of a process started with stdout paused.</summary>
+    public void ResumeStdout() => _stdoutGate.TrySetResult();
 
     /// <summary>Waits until stdout holds at least <paramref name="count"/> bytes; returns them all.</summary>
     public async Task<byte[]> WaitForStdoutAsync(int count, TimeSpan deadline)
@@ -206,9 +222,12 @@ public sealed partial class ChildProcess : IAsyncDisposable
     }
 
     /// <summary>Starts <c>echokit serve</c> on an OS-chosen port and waits for its listening line.</summary>
-    public static async Task<(ChildProcess Process, int Port)> StartServerAsync(params string[] extraArgs)
+    public static Task<(ChildProcess Process, int Port)> StartServerAsync(params string[] extraArgs) =>
+        StartServerAsync(stdoutPaused: false, extraArgs);
+
+    public static async Task<(ChildProcess Process, int Port)> StartServerAsync(bool stdoutPaused, params string[] extraArgs)
     {
-        var process = Start(["serve", "--port", "0", .. extraArgs]);
+        var process = StartProgram(DotnetHost, stdoutPaused, [CliPath, "serve", "--port", "0", .. extraArgs]);
         try
         {
             string line = await process.WaitForStderrAsync("listening on", TimeSpan.FromSeconds(20));
