@@ -13,7 +13,7 @@ namespace EchoKit.Cli;
 /// </summary>
 internal sealed class StdoutPayloadSink : EchoKit.IPayloadSink, IAsyncDisposable
 {
-    public const int QueueChunks = 256;
+    public const int QueueChunks = 64;
 
     private readonly Channel<(byte[] Buffer, int Length)> _queue =
         Channel.CreateBounded<(byte[], int)>(new BoundedChannelOptions(QueueChunks)

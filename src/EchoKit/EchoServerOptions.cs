@@ -18,7 +18,7 @@ public sealed record EchoServerOptions
     public bool SendGreeting { get; init; } = true;
 
     /// <summary>Bytes received per read; one such buffer is rented per active connection, none while idle.</summary>
-    public int ReceiveBufferSize { get; init; } = 16 * 1024;
+    public int ReceiveBufferSize { get; init; } = 64 * 1024;
 
     /// <summary>listen(2) backlog.</summary>
     public int Backlog { get; init; } = 4096;

@@ -126,42 +126,48 @@ internal sealed class EchoConnection
             byte[] buffer = pool.Rent(bufferSize);
             try
             {
-                // The wait can complete on a stale readiness event with nothing to read, so read
-                // without blocking: on EAGAIN go back to waiting rather than park holding the buffer.
-                int received = _socket.Receive(buffer, 0, bufferSize, SocketFlags.None, out SocketError error);
-                if (error == SocketError.WouldBlock)
+                // Read without blocking: the wait can complete on a stale readiness event with nothing
+                // to read, and then we go back to waiting rather than park holding the buffer. While
+                // reads fill the whole buffer more is probably queued, so read again before waiting.
+                int received;
+                do
                 {
-                    continue;
-                }
+                    received = _socket.Receive(buffer, 0, bufferSize, SocketFlags.None, out SocketError error);
+                    if (error == SocketError.WouldBlock)
+                    {
+                        break;
+                    }
 
-                if (!Succeeded(error))
-                {
-                    return false;
-                }
+                    if (!Succeeded(error))
+                    {
+                        return false;
+                    }
 
-                if (received == 0)
-                {
-                    TrySetReason(_finSent ? CloseReason.ServerShutdown : CloseReason.PeerClosed);
-                    return true;
-                }
+                    if (received == 0)
+                    {
+                        TrySetReason(_finSent ? CloseReason.ServerShutdown : CloseReason.PeerClosed);
+                        return true;
+                    }
 
-                Volatile.Write(ref _lastReceiveTicks, Environment.TickCount64);
-                BytesIn += received;
-                if (_finSent)
-                {
-                    continue; // we already said goodbye at shutdown; drop what still arrives
-                }
+                    Volatile.Write(ref _lastReceiveTicks, Environment.TickCount64);
+                    BytesIn += received;
+                    if (_finSent)
+                    {
+                        continue; // we already said goodbye at shutdown; drop what still arrives
+                    }
 
-                var payload = buffer.AsMemory(0, received);
-                if (!Succeeded(await SendAllAsync(payload).ConfigureAwait(false)))
-                {
-                    return false;
-                }
+                    var payload = buffer.AsMemory(0, received);
+                    if (!Succeeded(await SendAllAsync(payload).ConfigureAwait(false)))
+                    {
+                        return false;
+                    }
 
-                if (_server.PayloadSink is { } sink)
-                {
-                    await sink.WriteAsync(Id, payload).ConfigureAwait(false);
+                    if (_server.PayloadSink is { } sink)
+                    {
+                        await sink.WriteAsync(Id, payload).ConfigureAwait(false);
+                    }
                 }
+                while (received == bufferSize);
             }
             finally
             {
