@@ -12,4 +12,6 @@ internal static class ExitCodes
     public const int TimedOut = 6;
     public const int ConnectionReset = 7;
     public const int ShortRead = 8;
+    public const int BenchMismatch = 9;
+    public const int BenchConnectionsFailed = 10;
 }

@@ -20,6 +20,7 @@ namespace EchoKit.Cli
             {
                 ServeCommand.Create(),
                 ConnectCommand.Create(),
+                BenchCommand.Create(),
             };
 
             var parsed = root.Parse(args);

@@ -234,7 +234,11 @@ public sealed class ServeProcessTests
     [InlineData("invalid --wait value: '0' must be greater than zero", "connect", "127.0.0.1", "--send", "a", "--wait", "0")]
     [InlineData("invalid --connect-timeout value: '1 minute' is not a duration", "connect", "127.0.0.1", "--connect-timeout", "1 minute")]
     [InlineData("Required command was not provided", new string[0])]
-    public async Task Each_bad_argument_is_one_line_on_stderr_and_exit_2(string expected, params string[] args)
+    public Task Each_bad_argument_is_one_line_on_stderr_and_exit_2(string expected, params string[] args) =>
+        AssertUsageErrorAsync(expected, args);
+
+    /// <summary>A bad command line: exit 2, nothing on stdout, one line on stderr that names the problem and --help.</summary>
+    internal static async Task AssertUsageErrorAsync(string expected, params string[] args)
     {
         var result = await ChildProcess.RunAsync(ExitDeadline, null, args);
         Assert.Equal(2, result.ExitCode);

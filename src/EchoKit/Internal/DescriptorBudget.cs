@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Runtime.InteropServices;
 
 namespace EchoKit.Internal;
@@ -93,6 +92,4 @@ internal static class DescriptorBudget
         long budget = limit.Value - OpenNow() - listeners - Reserve;
         return (int)Math.Clamp(budget, 1, int.MaxValue);
     }
-
-    internal static string Describe(long limit) => limit.ToString(CultureInfo.InvariantCulture);
 }

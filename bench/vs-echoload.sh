@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Trust check for `echokit bench`: against the same server (echokit serve, pinned to CPU 0), run each
+# scenario with the C load generator echoload and with echokit bench (both pinned to CPU 1) and print
+# both results side by side. Loopback only; every run is bounded by -t.
+#
+#   bench/vs-echoload.sh                 # needs ../shared/bench built (BENCH_BIN, default ~/.cache/echobench/bin)
+#   SECONDS_PER_RUN=5 bench/vs-echoload.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${BENCH_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/echobench/bin}"
+ECHOLOAD="$BIN/echoload"
+[ -x "$ECHOLOAD" ] || { echo "no $ECHOLOAD: build it with ../shared/bench/baselines/build.sh c (BENCH_BIN=$BIN)" >&2; exit 1; }
+T="${SECONDS_PER_RUN:-5}"
+PORT="${PORT:-18888}"
+
+dotnet publish src/EchoKit.Cli -c Release -o artifacts/publish --nologo -v quiet >/dev/null
+taskset -c 0 artifacts/publish/echokit serve --port "$PORT" --no-greeting --quiet --log-level Warning &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+
+field() { python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(' '.join(str(d[k]) for k in sys.argv[1:]))" "$@"; }
+printf '%-22s %-9s %12s %10s %10s %10s\n' scenario tool msgs/s MB/s p50_us p99_us
+for sc in "-c 1 -s 64 -d 1" "-c 100 -s 64 -d 1" "-c 100 -s 64 -d 16" "-c 10 -s 32768 -d 4" "-c 1000 -s 64 -d 1"; do
+  # shellcheck disable=SC2086
+  e=$(taskset -c 1 "$ECHOLOAD" $sc -t "$T" -w 1 "127.0.0.1:$PORT" | field msgs_per_s mbytes_per_s p50_us p99_us)
+  # shellcheck disable=SC2086
+  k=$(taskset -c 1 artifacts/publish/echokit bench "127.0.0.1:$PORT" $sc -t "${T}s" --warmup 1s --skip-greeting 0 --json 2>/dev/null \
+      | field msgs_per_s mbytes_per_s p50_us p99_us)
+  # shellcheck disable=SC2086
+  printf '%-22s %-9s %12s %10s %10s %10s\n' "$sc" echoload $e
+  # shellcheck disable=SC2086
+  printf '%-22s %-9s %12s %10s %10s %10s\n' "$sc" bench $k
+done

@@ -1,0 +1,186 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using EchoKit.Bench;
+using EchoKit.Client;
+using Spectre.Console;
+
+namespace EchoKit.Cli;
+
+/// <summary><c>echokit bench</c>: load an echo server and report what its users would see.</summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var target = new Argument<string>("target") { Description = "Server to load: host, host:port, [::1]:8888 (port default 8888)" };
+        var connections = CliOptions.Integer("--connections", "Connections, all active", 50, 1, 100_000, "-c");
+        var size = CliOptions.Integer("--size", "Bytes per message", 64, 1, LoadGenerator.MaxMessageSize, "-s");
+        var depth = CliOptions.Integer("--depth", "Messages in flight per connection (1: ping-pong)", 1, 1, 65_536, "-d");
+        var duration = CliOptions.Duration("--duration", "How long to measure", "10s", allowZero: false);
+        duration.Option.Aliases.Add("-t");
+        var warmup = CliOptions.Duration("--warmup", "Load before measuring starts", "1s");
+        var rate = new Option<double?>("--rate")
+        {
+            Description = "Open loop: messages per second in total, sent on schedule; latency counts from the schedule (no coordinated omission) [default: closed loop]",
+            HelpName = "msgs/s",
+            CustomParser = r => double.TryParse(r.Tokens[0].Value, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v > 0 && double.IsFinite(v)
+                ? v
+                : Invalid(r, $"invalid --rate value '{r.Tokens[0].Value}': expected a positive number of messages per second"),
+        };
+        var skipGreeting = new Option<int?>("--skip-greeting")
+        {
+            Description = "Greeting bytes to read and discard after connecting (0: none) [default: detect]",
+            HelpName = "bytes",
+            CustomParser = r => CliOptions.ParseInteger(r, "--skip-greeting", 0, 1 << 20),
+        };
+        var connectTimeout = CliOptions.Duration("--connect-timeout", "Give up on a connection after this long", "10s", allowZero: false);
+        var json = new Option<bool>("--json") { Description = "Print one JSON object (echoload's field names) instead of the report" };
+
+        var command = new Command("bench", "Load an echo server: messages/s, MB/s and latency percentiles, every echoed byte checked.")
+        {
+            target, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, json,
+        };
+        command.SetAction(async (result, cancellationToken) =>
+        {
+            if (!ConnectCommand.TryParseTarget(result.GetValue(target)!, null, out string host, out int port, out string? error))
+            {
+                return Program.FailUsage("bench", error!);
+            }
+
+            var options = new BenchOptions
+            {
+                Host = host,
+                Port = port,
+                Connections = result.GetValue(connections),
+                MessageSize = result.GetValue(size),
+                Depth = result.GetValue(depth),
+                Duration = duration.Get(result)!.Value,
+                Warmup = warmup.Get(result)!.Value,
+                Rate = result.GetValue(rate),
+                SkipGreeting = result.GetValue(skipGreeting),
+                ConnectTimeout = connectTimeout.Get(result)!.Value,
+            };
+            return await RunAsync(options, result.GetValue(json)).ConfigureAwait(false);
+        });
+        return command;
+    }
+
+    private static double Invalid(System.CommandLine.Parsing.ArgumentResult result, string message)
+    {
+        result.AddError(message);
+        return 0;
+    }
+
+    private static async Task<int> RunAsync(BenchOptions options, bool json)
+    {
+        var generator = new LoadGenerator(options);
+        var run = generator.RunAsync();
+        BenchResult result;
+        try
+        {
+            await ShowProgressAsync(generator, run).ConfigureAwait(false);
+            result = await run.ConfigureAwait(false);
+        }
+        catch (ConnectFailedException e)
+        {
+            return Program.Fail(ConnectCommand.ExitCodeOf(e), e.Message);
+        }
+
+        if (json)
+        {
+            Console.Out.WriteLine(ToJson(result));
+        }
+        else
+        {
+            PrintReport(options, result);
+        }
+
+        if (result.Mismatches > 0)
+        {
+            return Program.Fail(ExitCodes.BenchMismatch, $"{result.Mismatches} echoed bytes differed from what was sent");
+        }
+
+        long failed = result.Connections - result.ActiveAtEnd;
+        if (failed * 100 > result.Connections)
+        {
+            return Program.Fail(ExitCodes.BenchConnectionsFailed,
+                $"{failed} of {result.Connections} connections failed ({result.ConnectFailures} could not connect, {failed - result.ConnectFailures} dropped)");
+        }
+
+        return ExitCodes.Ok;
+    }
+
+    /// <summary>A live display on a terminal (stderr); one plain line a second when stderr is redirected.</summary>
+    private static async Task ShowProgressAsync(LoadGenerator generator, Task run)
+    {
+        if (!Console.IsErrorRedirected)
+        {
+            var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+            await console.Status().StartAsync("connecting", async context =>
+            {
+                // Nothing else writes to the console while this runs (Spectre's live displays require it).
+                long last = 0;
+                while (!run.IsCompleted)
+                {
+                    await Task.WhenAny(run, Task.Delay(250)).ConfigureAwait(false);
+                    var p = generator.Snapshot();
+                    context.Status($"{p.Phase} {p.Elapsed.TotalSeconds:0.0}s  {p.Connected} connected  {p.Messages:N0} messages  ({(p.Messages - last) * 4:N0}/s)  {p.Errors} errors  {p.Mismatches} mismatches");
+                    last = p.Messages;
+                }
+            }).ConfigureAwait(false);
+            return;
+        }
+
+        long previous = 0;
+        while (!run.IsCompleted)
+        {
+            await Task.WhenAny(run, Task.Delay(1000)).ConfigureAwait(false);
+            if (run.IsCompleted)
+            {
+                break;
+            }
+
+            var p = generator.Snapshot();
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"echokit bench: {p.Phase} t={p.Elapsed.TotalSeconds:0}s connected={p.Connected} messages={p.Messages} rate={p.Messages - previous}/s errors={p.Errors} mismatches={p.Mismatches}"));
+            previous = p.Messages;
+        }
+    }
+
+    private static void PrintReport(BenchOptions options, BenchResult r)
+    {
+        var culture = CultureInfo.InvariantCulture;
+        Console.Out.WriteLine(string.Create(culture, $"{options.Host}:{options.Port}  {r.Connections} connections, {r.MessageSize} B messages, depth {r.Depth}, {(options.Rate is { } rate ? $"open loop at {rate:0} msgs/s" : "closed loop")}, {r.Seconds:0.0} s measured"));
+        Console.Out.WriteLine(string.Create(culture, $"  throughput  {r.MessagesPerSecond,12:N0} msgs/s  {r.MegabytesPerSecond,10:0.00} MB/s"));
+        Console.Out.WriteLine(string.Create(culture, $"  latency     p50 {r.P50Us:0.0} us  p90 {r.P90Us:0.0} us  p99 {r.P99Us:0.0} us  p99.9 {r.P999Us:0.0} us  max {r.MaxUs:0.0} us"));
+        Console.Out.WriteLine(string.Create(culture, $"  messages    {r.Messages:N0}   errors {r.Errors}   mismatches {r.Mismatches}   connect failures {r.ConnectFailures}"));
+    }
+
+    internal static string ToJson(BenchResult r)
+    {
+        using var buffer = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteNumber("conns", r.Connections);
+            writer.WriteNumber("size", r.MessageSize);
+            writer.WriteNumber("depth", r.Depth);
+            writer.WriteNumber("seconds", Math.Round(r.Seconds, 3));
+            writer.WriteNumber("msgs", r.Messages);
+            writer.WriteNumber("msgs_per_s", Math.Round(r.MessagesPerSecond, 1));
+            writer.WriteNumber("mbytes_per_s", Math.Round(r.MegabytesPerSecond, 2));
+            writer.WriteNumber("p50_us", Math.Round(r.P50Us, 1));
+            writer.WriteNumber("p90_us", Math.Round(r.P90Us, 1));
+            writer.WriteNumber("p99_us", Math.Round(r.P99Us, 1));
+            writer.WriteNumber("p999_us", Math.Round(r.P999Us, 1));
+            writer.WriteNumber("max_us", Math.Round(r.MaxUs, 1));
+            writer.WriteNumber("errors", r.Errors);
+            writer.WriteNumber("mismatches", r.Mismatches);
+            writer.WriteNumber("connect_failures", r.ConnectFailures);
+            writer.WriteNumber("active_at_end", r.ActiveAtEnd);
+            writer.WriteEndObject();
+        }
+
+        return System.Text.Encoding.UTF8.GetString(buffer.ToArray());
+    }
+}

@@ -1,0 +1,37 @@
+namespace EchoKit.Bench;
+
+/// <summary>One load run: who to hit and how.</summary>
+public sealed record BenchOptions
+{
+    public required string Host { get; init; }
+
+    public int Port { get; init; } = 8888;
+
+    /// <summary>Connections, all active.</summary>
+    public int Connections { get; init; } = 50;
+
+    /// <summary>Bytes per message.</summary>
+    public int MessageSize { get; init; } = 64;
+
+    /// <summary>Messages in flight per connection; 1 is ping-pong.</summary>
+    public int Depth { get; init; } = 1;
+
+    public TimeSpan Duration { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Load before measuring starts (connections warm, JIT done).</summary>
+    public TimeSpan Warmup { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// Open loop: messages per second in total, sent on schedule whether or not replies came back,
+    /// with latency measured from the scheduled time (no coordinated omission). Null: closed loop.
+    /// </summary>
+    public double? Rate { get; init; }
+
+    /// <summary>Greeting bytes to read and discard after connecting; null: detect (wait briefly for unsolicited bytes).</summary>
+    public int? SkipGreeting { get; init; }
+
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Seed of the payload pattern, so runs are repeatable.</summary>
+    public int Seed { get; init; } = 1;
+}

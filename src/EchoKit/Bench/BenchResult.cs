@@ -1,0 +1,46 @@
+namespace EchoKit.Bench;
+
+/// <summary>What a run measured, with echoload's names and meanings.</summary>
+public sealed record BenchResult
+{
+    public int Connections { get; init; }
+
+    public int MessageSize { get; init; }
+
+    public int Depth { get; init; }
+
+    /// <summary>Length of the measuring window.</summary>
+    public double Seconds { get; init; }
+
+    /// <summary>Messages whose last byte came back inside the window.</summary>
+    public long Messages { get; init; }
+
+    public double MessagesPerSecond => Seconds > 0 ? Messages / Seconds : 0;
+
+    /// <summary>Echoed payload, one direction, in 10^6 bytes per second.</summary>
+    public double MegabytesPerSecond => MessagesPerSecond * MessageSize / 1e6;
+
+    public double P50Us { get; init; }
+
+    public double P90Us { get; init; }
+
+    public double P99Us { get; init; }
+
+    public double P999Us { get; init; }
+
+    public double MaxUs { get; init; }
+
+    /// <summary>Connections that failed or were dropped during the run, plus scheduling overruns in open loop.</summary>
+    public long Errors { get; init; }
+
+    /// <summary>Echoed bytes that differed from what was sent (or came back unasked).</summary>
+    public long Mismatches { get; init; }
+
+    public int ConnectFailures { get; init; }
+
+    /// <summary>Connections still working when the window closed.</summary>
+    public int ActiveAtEnd { get; init; }
+}
+
+/// <summary>A live look at a run, for progress displays.</summary>
+public readonly record struct BenchProgress(string Phase, TimeSpan Elapsed, long Messages, long Mismatches, long Errors, int Connected);

@@ -1,0 +1,290 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+
+namespace EchoKit.Bench;
+
+/// <summary>
+/// One benchmark connection. Closed loop: keep <see cref="BenchOptions.Depth"/> messages in flight,
+/// sending one more as each comes back. Open loop: a sender puts messages out on schedule, the
+/// receiver matches them as they return. Either way the receiver checks every byte.
+/// </summary>
+internal sealed class LoadConnection
+{
+    private const int OpenLoopQueue = 1 << 16;
+
+    private readonly LoadGenerator _owner;
+    private readonly Socket _socket;
+    private readonly int _size;
+    private readonly long[] _queued; // ring of queue/schedule timestamps, one per message in flight
+    private readonly byte[] _receiveBuffer;
+    private long _head; // next message to come back
+    private long _tail; // next message to send
+    private long _sendPosition;
+    private long _receivePosition;
+    private readonly long _startOffset;
+    private volatile bool _failed;
+
+    private LoadConnection(LoadGenerator owner, Socket socket, long startOffset)
+    {
+        _owner = owner;
+        _socket = socket;
+        _size = owner.Options.MessageSize;
+        _queued = new long[owner.Options.Rate is null ? owner.Options.Depth : OpenLoopQueue];
+        _receiveBuffer = new byte[Math.Max(64 * 1024, _size)];
+        _sendPosition = _receivePosition = _startOffset = startOffset;
+    }
+
+    public long MeasuredMessages { get; private set; }
+
+    public long Mismatches { get; private set; }
+
+    public long Overruns { get; private set; }
+
+    public bool Failed => _failed;
+
+    public static async Task<LoadConnection> OpenAsync(LoadGenerator owner, int index, IPEndPoint endPoint, CancellationToken cancellationToken)
+    {
+        var options = owner.Options;
+        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+            {
+                timeout.CancelAfter(options.ConnectTimeout);
+                await socket.ConnectAsync(endPoint, timeout.Token).ConfigureAwait(false);
+            }
+
+            await SkipGreetingAsync(socket, options.SkipGreeting, cancellationToken).ConfigureAwait(false);
+            // Each connection starts at its own place in the pattern (as echoload does).
+            long offset = (long)(uint)HashCode.Combine(options.Seed, index) % LoadGenerator.PatternLength;
+            return new LoadConnection(owner, socket, offset);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Reads the server's greeting. A count reads exactly that many bytes. Auto: wait up to 300 ms for
+    /// unsolicited bytes; EchoKit's 181-byte greeting is read whole, anything else until 100 ms pass quietly.
+    /// </summary>
+    private static async Task SkipGreetingAsync(Socket socket, int? count, CancellationToken cancellationToken)
+    {
+        if (count is { } exact)
+        {
+            if (exact > 0)
+            {
+                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                timeout.CancelAfter(TimeSpan.FromSeconds(10));
+                await Client.SocketTransfer.ReceiveExactlyAsync(socket, new byte[exact], timeout.Token).ConfigureAwait(false);
+            }
+
+            return;
+        }
+
+        var greeting = Greeting.Bytes;
+        var buffer = new byte[4096];
+        int total = 0;
+        var wait = TimeSpan.FromMilliseconds(300);
+        while (true)
+        {
+            using var quiet = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            quiet.CancelAfter(wait);
+            int n;
+            try
+            {
+                n = await socket.ReceiveAsync(buffer.AsMemory(0, total < greeting.Length ? greeting.Length - total : buffer.Length), SocketFlags.None, quiet.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                return; // quiet: whatever came was the greeting
+            }
+
+            if (n == 0)
+            {
+                throw new IOException("the server closed the connection before the benchmark started");
+            }
+
+            bool isEchoKitGreeting = total + n <= greeting.Length && buffer.AsSpan(0, n).SequenceEqual(greeting.Span.Slice(total, n));
+            total += n;
+            if (isEchoKitGreeting && total == greeting.Length)
+            {
+                return;
+            }
+
+            wait = TimeSpan.FromMilliseconds(100);
+        }
+    }
+
+    public async Task RunAsync()
+    {
+        try
+        {
+            if (_owner.Options.Rate is { } rate)
+            {
+                await Task.WhenAll(SendOnScheduleAsync(rate / _owner.Options.Connections), ReceiveLoopAsync(closedLoop: false)).ConfigureAwait(false);
+            }
+            else
+            {
+                await SendAsync(_owner.Options.Depth, Stopwatch.GetTimestamp()).ConfigureAwait(false);
+                await ReceiveLoopAsync(closedLoop: true).ConfigureAwait(false);
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+        {
+            if (!_owner.Stopping)
+            {
+                _failed = true;
+            }
+        }
+    }
+
+    /// <summary>Queues <paramref name="count"/> messages stamped <paramref name="timestamp"/> and sends them in one call.</summary>
+    private async ValueTask SendAsync(int count, long timestamp)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            _queued[_tail++ % _queued.Length] = timestamp;
+        }
+
+        await WritePatternAsync(count).ConfigureAwait(false);
+    }
+
+    /// <summary>Sends the next <paramref name="count"/> messages' bytes of this connection's pattern stream.</summary>
+    private async ValueTask WritePatternAsync(int count)
+    {
+        long bytes = (long)count * _size;
+        while (bytes > 0)
+        {
+            int chunk = (int)Math.Min(bytes, LoadGenerator.PatternLength);
+            await Client.SocketTransfer.SendAllAsync(_socket, _owner.PatternMemory(_sendPosition, chunk)).ConfigureAwait(false);
+            _sendPosition += chunk;
+            bytes -= chunk;
+        }
+    }
+
+    private async Task ReceiveLoopAsync(bool closedLoop)
+    {
+        while (!_owner.Stopping)
+        {
+            int n = await _socket.ReceiveAsync(_receiveBuffer, SocketFlags.None).ConfigureAwait(false);
+            if (n == 0)
+            {
+                if (!_owner.Stopping)
+                {
+                    _failed = true; // dropped by the server
+                }
+
+                return;
+            }
+
+            if (!_receiveBuffer.AsSpan(0, n).SequenceEqual(_owner.Pattern(_receivePosition, n)))
+            {
+                Mismatches += CountMismatches(_receiveBuffer.AsSpan(0, n), _owner.Pattern(_receivePosition, n));
+            }
+
+            _receivePosition += n;
+            long now = Stopwatch.GetTimestamp();
+            long doneThrough = (_receivePosition - _startOffset) / _size;
+            int completed = 0;
+            while (_head < doneThrough)
+            {
+                if (_head >= _tail)
+                {
+                    Mismatches++; // more came back than was sent
+                    _head = doneThrough;
+                    break;
+                }
+
+                long sentAt = _queued[_head++ % _queued.Length];
+                if (_owner.Measuring)
+                {
+                    _owner.Record(TicksBetween(sentAt, now));
+                    MeasuredMessages++;
+                }
+
+                completed++;
+            }
+
+            if (closedLoop && completed > 0 && !_owner.Stopping)
+            {
+                await SendAsync(completed, Stopwatch.GetTimestamp()).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private async Task SendOnScheduleAsync(double perSecond)
+    {
+        double interval = Stopwatch.Frequency / perSecond;
+        double next = Stopwatch.GetTimestamp();
+        while (!_owner.Stopping)
+        {
+            long now = Stopwatch.GetTimestamp();
+            int due = 0;
+            long firstScheduled = (long)next;
+            while (next <= now && due < 4096)
+            {
+                due++;
+                next += interval;
+            }
+
+            if (due > 0)
+            {
+                if (_tail - _head + due > _queued.Length)
+                {
+                    Overruns++; // the server is too far behind: stop adding to the backlog
+                    next = now + interval;
+                }
+                else
+                {
+                    // Each message keeps its own scheduled time: latency counts any wait for the sender.
+                    for (int i = 0; i < due; i++)
+                    {
+                        _queued[_tail++ % _queued.Length] = firstScheduled + (long)(i * interval);
+                    }
+
+                    await WritePatternAsync(due).ConfigureAwait(false);
+                }
+            }
+
+            double waitMs = (next - Stopwatch.GetTimestamp()) * 1000.0 / Stopwatch.Frequency;
+            if (waitMs >= 1)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(waitMs)).ConfigureAwait(false);
+            }
+            else
+            {
+                await Task.Yield();
+            }
+        }
+    }
+
+    private static long TicksBetween(long from, long to) =>
+        (long)((to - from) * (double)TimeSpan.TicksPerSecond / Stopwatch.Frequency);
+
+    private static long CountMismatches(ReadOnlySpan<byte> got, ReadOnlySpan<byte> expected)
+    {
+        long count = 0;
+        for (int i = 0; i < got.Length; i++)
+        {
+            count += got[i] != expected[i] ? 1 : 0;
+        }
+
+        return count;
+    }
+
+    public void Close()
+    {
+        try
+        {
+            _socket.Dispose();
+        }
+        catch (ObjectDisposedException)
+        {
+            // Already closed.
+        }
+    }
+}

@@ -1,0 +1,203 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using EchoKit.Client;
+using HdrHistogram;
+
+namespace EchoKit.Bench;
+
+/// <summary>
+/// The load generator behind <c>echokit bench</c>, measuring the way echoload does:
+/// every connection streams a shared pseudo-random pattern from its own offset, every echoed byte
+/// is compared, and a message's latency runs from the moment it was queued for sending (or, in
+/// open loop, scheduled) to the moment its last byte is back.
+/// </summary>
+public sealed class LoadGenerator
+{
+    internal const int PatternLength = 1 << 20;
+    public const int MaxMessageSize = 1 << 20;
+
+    private readonly BenchOptions _options;
+    private readonly byte[] _pattern;
+    private readonly List<LoadConnection> _workers = [];
+    private readonly ConcurrentBag<LongHistogram> _histograms = [];
+    private readonly ThreadLocal<LongHistogram> _histogram;
+    private readonly long _start = Stopwatch.GetTimestamp();
+    private volatile int _phase; // 0 connecting, 1 warmup, 2 measuring, 3 done
+    private int _connectFailures;
+
+    public LoadGenerator(BenchOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options;
+        // Twice the pattern, so that any window of up to PatternLength bytes is contiguous.
+        _pattern = new byte[2 * PatternLength];
+        new Random(options.Seed).NextBytes(_pattern.AsSpan(0, PatternLength));
+        _pattern.AsSpan(0, PatternLength).CopyTo(_pattern.AsSpan(PatternLength));
+        _histogram = new ThreadLocal<LongHistogram>(() =>
+        {
+            // 100 ns units up to an hour, 3 significant digits; one per thread, merged at the end.
+            var histogram = new LongHistogram(TimeSpan.FromHours(1).Ticks, 3);
+            _histograms.Add(histogram);
+            return histogram;
+        });
+    }
+
+    internal BenchOptions Options => _options;
+
+    internal ReadOnlySpan<byte> Pattern(long position, int length) => _pattern.AsSpan((int)(position % PatternLength), length);
+
+    internal ReadOnlyMemory<byte> PatternMemory(long position, int length) => _pattern.AsMemory((int)(position % PatternLength), length);
+
+    internal bool Measuring => _phase == 2;
+
+    internal bool Stopping => _phase == 3;
+
+    internal void Record(long latencyTicks) => _histogram.Value!.RecordValue(Math.Max(latencyTicks, 0));
+
+    public BenchProgress Snapshot()
+    {
+        string phase = _phase switch { 0 => "connecting", 1 => "warmup", 2 => "measuring", _ => "done" };
+        long messages = 0, mismatches = 0, errors = 0;
+        int connected = 0;
+        lock (_workers)
+        {
+            foreach (var worker in _workers)
+            {
+                messages += worker.MeasuredMessages;
+                mismatches += worker.Mismatches;
+                errors += worker.Failed ? 1 : 0;
+                connected++;
+            }
+        }
+
+        return new BenchProgress(phase, Stopwatch.GetElapsedTime(_start), messages, mismatches, errors + _connectFailures, connected);
+    }
+
+    /// <summary>Connects, warms up, measures for <see cref="BenchOptions.Duration"/>, and reports.</summary>
+    public async Task<BenchResult> RunAsync(CancellationToken cancellationToken = default)
+    {
+        if (_options.MessageSize < 1 || _options.MessageSize > MaxMessageSize)
+        {
+            throw new ArgumentOutOfRangeException(nameof(BenchOptions.MessageSize));
+        }
+
+        var address = await ResolveAsync().ConfigureAwait(false);
+        var endPoint = new IPEndPoint(address, _options.Port);
+
+        // Connect (at most 200 handshakes at once), then read each greeting.
+        using var gate = new SemaphoreSlim(200);
+        var connecting = Enumerable.Range(0, _options.Connections).Select(async i =>
+        {
+            await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                var worker = await LoadConnection.OpenAsync(this, i, endPoint, cancellationToken).ConfigureAwait(false);
+                lock (_workers)
+                {
+                    _workers.Add(worker);
+                }
+            }
+            catch (Exception e) when (e is SocketException or OperationCanceledException or IOException)
+            {
+                if (cancellationToken.IsCancellationRequested)
+                {
+                    throw;
+                }
+
+                Interlocked.Increment(ref _connectFailures);
+                LastConnectError ??= e is SocketException se ? se.SocketErrorCode : SocketError.TimedOut;
+            }
+            finally
+            {
+                gate.Release();
+            }
+        }).ToArray();
+        await Task.WhenAll(connecting).ConfigureAwait(false);
+
+        if (_workers.Count == 0)
+        {
+            throw new ConnectFailedException(
+                $"no connection to {EndPointText.Format(endPoint)} succeeded: {SocketErrorText.Describe(LastConnectError ?? SocketError.ConnectionRefused)}",
+                _options.Host, _options.Port, LastConnectError ?? SocketError.ConnectionRefused);
+        }
+
+        _phase = 1;
+        var runs = _workers.Select(w => Task.Run(w.RunAsync, CancellationToken.None)).ToArray();
+        await Task.Delay(_options.Warmup, cancellationToken).ConfigureAwait(false);
+
+        foreach (var histogram in _histograms)
+        {
+            histogram.Reset();
+        }
+
+        long windowStart = Stopwatch.GetTimestamp();
+        _phase = 2;
+        try
+        {
+            await Task.Delay(_options.Duration, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _phase = 3;
+        }
+
+        double seconds = Stopwatch.GetElapsedTime(windowStart).TotalSeconds;
+        int activeAtEnd = _workers.Count(w => !w.Failed);
+        foreach (var worker in _workers)
+        {
+            worker.Close();
+        }
+
+        await Task.WhenAll(runs).WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
+
+        var merged = new LongHistogram(TimeSpan.FromHours(1).Ticks, 3);
+        foreach (var histogram in _histograms)
+        {
+            merged.Add(histogram);
+        }
+
+        double Us(double percentile) => merged.TotalCount == 0 ? 0 : merged.GetValueAtPercentile(percentile) / 10.0;
+        return new BenchResult
+        {
+            Connections = _options.Connections,
+            MessageSize = _options.MessageSize,
+            Depth = _options.Depth,
+            Seconds = seconds,
+            Messages = _workers.Sum(w => w.MeasuredMessages),
+            P50Us = Us(50),
+            P90Us = Us(90),
+            P99Us = Us(99),
+            P999Us = Us(99.9),
+            MaxUs = merged.TotalCount == 0 ? 0 : merged.GetMaxValue() / 10.0,
+            Errors = _workers.Count(w => w.Failed) + _connectFailures + _workers.Sum(w => w.Overruns),
+            Mismatches = _workers.Sum(w => w.Mismatches),
+            ConnectFailures = _connectFailures,
+            ActiveAtEnd = activeAtEnd,
+        };
+    }
+
+    /// <summary>The error of the last failed connect, for the report.</summary>
+    public SocketError? LastConnectError { get; private set; }
+
+    private async Task<IPAddress> ResolveAsync()
+    {
+        if (IPAddress.TryParse(_options.Host.Trim('[', ']'), out var literal))
+        {
+            return literal;
+        }
+
+        try
+        {
+            var addresses = await Dns.GetHostAddressesAsync(_options.Host).ConfigureAwait(false);
+            return addresses.Length > 0
+                ? addresses[0]
+                : throw new ConnectFailedException($"cannot resolve {_options.Host}: {SocketErrorText.Describe(SocketError.HostNotFound)}", _options.Host, _options.Port, SocketError.HostNotFound);
+        }
+        catch (SocketException e)
+        {
+            throw new ConnectFailedException($"cannot resolve {_options.Host}: {SocketErrorText.Describe(e.SocketErrorCode)}", _options.Host, _options.Port, e.SocketErrorCode, e);
+        }
+    }
+}

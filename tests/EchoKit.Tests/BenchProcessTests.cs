@@ -1,0 +1,112 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using EchoKit.Tests.Infrastructure;
+
+namespace EchoKit.Tests;
+
+/// <summary>The real <c>echokit bench</c> process against real servers on loopback.</summary>
+public sealed class BenchProcessTests
+{
+    private static readonly TimeSpan ExitDeadline = TimeSpan.FromSeconds(60);
+
+    [Theory]
+    [InlineData(true, "1")]
+    [InlineData(false, "4")]
+    public async Task Bench_reports_json_with_echoloads_fields_and_detects_the_greeting(bool greeting, string depth)
+    {
+        await using var server = new EchoServer(new EchoServerOptions { Port = 0, SendGreeting = greeting });
+        server.Start();
+        var result = await ChildProcess.RunAsync(ExitDeadline, null,
+            "bench", $"127.0.0.1:{server.LocalEndPoints[0].Port}", "-c", "4", "-d", depth, "-s", "100", "-t", "1s", "--warmup", "200ms", "--json");
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        using var json = JsonDocument.Parse(result.StdoutText);
+        var root = json.RootElement;
+        foreach (var field in new[] { "msgs_per_s", "mbytes_per_s", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "errors", "mismatches" })
+        {
+            Assert.True(root.TryGetProperty(field, out _), $"no {field} in {result.StdoutText}");
+        }
+
+        Assert.True(root.GetProperty("msgs").GetInt64() > 100, result.StdoutText);
+        Assert.Equal(0, root.GetProperty("mismatches").GetInt64());
+        Assert.Equal(0, root.GetProperty("errors").GetInt64());
+        Assert.True(root.GetProperty("p50_us").GetDouble() <= root.GetProperty("p99_us").GetDouble());
+        Assert.Equal(root.GetProperty("msgs_per_s").GetDouble() * 100 / 1e6, root.GetProperty("mbytes_per_s").GetDouble(), 1);
+    }
+
+    [Fact]
+    public async Task A_server_that_corrupts_bytes_is_caught_exit_9()
+    {
+        // An "echo" server that flips one bit of every 1000th byte.
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        using var stop = new CancellationTokenSource();
+        var serve = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                var peer = await listener.AcceptAsync(stop.Token);
+                _ = Task.Run(async () =>
+                {
+                    using (peer)
+                    {
+                        var buffer = new byte[4096];
+                        long position = 0;
+                        try
+                        {
+                            int n;
+                            while ((n = await peer.ReceiveAsync(buffer, stop.Token)) > 0)
+                            {
+                                for (int i = 0; i < n; i++)
+                                {
+                                    if ((position + i) % 1000 == 999)
+                                    {
+                                        buffer[i] ^= 1;
+                                    }
+                                }
+
+                                position += n;
+                                await peer.SendAsync(buffer.AsMemory(0, n), stop.Token);
+                            }
+                        }
+                        catch (Exception e) when (e is SocketException or OperationCanceledException)
+                        {
+                            // Benchmark over.
+                        }
+                    }
+                });
+            }
+        });
+
+        var result = await ChildProcess.RunAsync(ExitDeadline, null,
+            "bench", $"127.0.0.1:{((IPEndPoint)listener.LocalEndPoint!).Port}", "-c", "2", "-t", "500ms", "--warmup", "0", "--skip-greeting", "0", "--json");
+        await stop.CancelAsync();
+
+        Assert.Equal(9, result.ExitCode);
+        using var json = JsonDocument.Parse(result.StdoutText);
+        Assert.True(json.RootElement.GetProperty("mismatches").GetInt64() > 0);
+        Assert.Contains("echoed bytes differed", result.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Nobody_listening_is_connection_refused_exit_5()
+    {
+        int port = Loopback.FreePort();
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, "bench", $"127.0.0.1:{port}", "-c", "3", "-t", "1s");
+        Assert.Equal(5, result.ExitCode);
+        Assert.Contains("Connection refused (ECONNREFUSED)", result.Stderr, StringComparison.Ordinal);
+        ServeProcessTests.NoStackTrace(result.Stderr);
+    }
+
+    [Theory]
+    [InlineData("invalid --connections value '0'", "-c", "0")]
+    [InlineData("invalid --size value '2000000'", "-s", "2000000")]
+    [InlineData("invalid --depth value 'x'", "-d", "x")]
+    [InlineData("invalid --duration value: '0' must be greater than zero", "-t", "0")]
+    [InlineData("invalid --rate value '-5'", "--rate", "-5")]
+    [InlineData("invalid --skip-greeting value '-1'", "--skip-greeting", "-1")]
+    public Task Bench_flags_are_validated(string expected, params string[] args) =>
+        ServeProcessTests.AssertUsageErrorAsync(expected, ["bench", "127.0.0.1:9", .. args]);
+}
