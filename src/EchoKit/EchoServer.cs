@@ -22,6 +22,7 @@ public sealed class EchoServer : IAsyncDisposable
     private readonly ConcurrentDictionary<long, (EchoConnection Connection, Task Run)> _connections = new();
     private ConnectionHeartbeat? _heartbeat;
     private int _connectionLimit; // 0: unlimited
+    private List<Microsoft.Win32.SafeHandles.SafeFileHandle>? _reserve; // spare descriptors, freed at EMFILE
     private long _nextId;
     private int _activeCount;
     private int _state; // 0 new, 1 started, 2 stopping/stopped
@@ -78,6 +79,7 @@ public sealed class EchoServer : IAsyncDisposable
         }
 
         _connectionLimit = EffectiveConnectionLimit();
+        _reserve = DescriptorBudget.OpenReserve();
 
         foreach (var listener in _listeners)
         {
@@ -92,7 +94,7 @@ public sealed class EchoServer : IAsyncDisposable
 
         foreach (var listener in _listeners)
         {
-            _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(OnAccepted)));
+            _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(OnAccepted, OnDescriptorsExhausted)));
         }
     }
 
@@ -164,6 +166,30 @@ public sealed class EchoServer : IAsyncDisposable
     {
         await registered.ConfigureAwait(false);
         await connection.RunAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Accept met EMFILE/ENFILE although the budget taken at start should have prevented it (the limit
+    /// was lowered under us, or something else holds descriptors): hand the runtime the spare
+    /// descriptors it needs to keep running, and lower the connection limit below what is open now,
+    /// so that further accepts are answered "server busy" and closed instead of eating the spares.
+    /// </summary>
+    private void OnDescriptorsExhausted()
+    {
+        var reserve = Interlocked.Exchange(ref _reserve, null);
+        if (reserve is null)
+        {
+            return;
+        }
+
+        int lowered = Math.Max(1, ActiveConnections - reserve.Count);
+        _connectionLimit = _connectionLimit == 0 ? lowered : Math.Min(_connectionLimit, lowered);
+        foreach (var handle in reserve)
+        {
+            handle.Dispose();
+        }
+
+        Log.DescriptorLimited(_logger, _connectionLimit, "lowered after EMFILE");
     }
 
     private void RefuseBusy(Socket socket)

@@ -63,6 +63,30 @@ internal static class DescriptorBudget
         }
     }
 
+    /// <summary>Spare descriptors (/dev/null) held so that they can be handed back to the runtime at EMFILE.</summary>
+    public static List<Microsoft.Win32.SafeHandles.SafeFileHandle>? OpenReserve(int count = 16)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        var handles = new List<Microsoft.Win32.SafeHandles.SafeFileHandle>(count);
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                handles.Add(File.OpenHandle("/dev/null", FileMode.Open, FileAccess.Read));
+            }
+        }
+        catch (IOException)
+        {
+            // Fewer spares than hoped; keep what we have.
+        }
+
+        return handles;
+    }
+
     /// <summary>Descriptors open in this process right now, or 0 where that cannot be read.</summary>
     public static int OpenNow()
     {

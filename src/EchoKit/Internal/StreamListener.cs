@@ -79,7 +79,7 @@ internal sealed class StreamListener : IDisposable
     }
 
     /// <summary>Accepts until <see cref="Dispose"/>; hands each socket to <paramref name="onAccepted"/>.</summary>
-    public async Task AcceptLoopAsync(Action<Socket> onAccepted)
+    public async Task AcceptLoopAsync(Action<Socket> onAccepted, Action onDescriptorsExhausted)
     {
         var backoff = MinBackoff;
         long lastLogTicks = long.MinValue / 2;
@@ -106,6 +106,11 @@ internal sealed class StreamListener : IDisposable
             }
             catch (SocketException e)
             {
+                if (e.SocketErrorCode == SocketError.TooManyOpenSockets)
+                {
+                    onDescriptorsExhausted();
+                }
+
                 long now = Environment.TickCount64;
                 if (now - lastLogTicks >= 1000)
                 {
