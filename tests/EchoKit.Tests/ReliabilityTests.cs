@@ -239,6 +239,60 @@ public sealed class ReliabilityTests
     }
 
     [Fact]
+    public async Task When_the_descriptor_limit_drops_under_a_running_server_accept_backs_off_without_spinning_and_recovers()
+    {
+        // The limit is lowered after start (prlimit --pid), so the budget taken at start no longer
+        // protects the server: the accept loop itself meets EMFILE.
+        Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting");
+        await using (server)
+        {
+            var lowered = await ChildProcess.RunProgramAsync("/usr/bin/prlimit", ExitDeadline, null,
+                "--pid", server.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--nofile=256:256");
+            Assert.Equal(0, lowered.ExitCode);
+
+            var clients = new List<Socket>();
+            try
+            {
+                for (int i = 0; i < 600; i++)
+                {
+                    clients.Add(await ConnectAsync(port));
+                }
+
+                Assert.Contains("retrying in", await server.WaitForStderrAsync("accept failed: Too many open files (EMFILE)", Deadline), StringComparison.Ordinal);
+                await server.WaitForStderrAsync("lowered after EMFILE", Deadline);
+
+                var cpuBefore = ProcStats.CpuTime(server.Pid);
+                var wall = System.Diagnostics.Stopwatch.StartNew();
+                await Task.Delay(TimeSpan.FromSeconds(2));
+                double cpuShare = (ProcStats.CpuTime(server.Pid) - cpuBefore) / wall.Elapsed;
+                Assert.True(cpuShare < 0.2, $"the server used {cpuShare:P0} of a core while out of descriptors");
+                Assert.False(server.HasExited, server.StandardErrorText);
+            }
+            finally
+            {
+                clients.ForEach(c => c.Dispose());
+            }
+
+            // From another source address: the 600 closed connections may still sit in the server's backlog,
+            // and a reused ephemeral port would collide with one of them (the kernel answers with a reset).
+            using var fresh = await ConnectFromAsync(IPAddress.Parse("127.0.0.2"), port);
+            var message = "descriptors are back"u8.ToArray();
+            try
+            {
+                await fresh.SendAsync(message);
+                Assert.Equal(message, await ReceiveExactlyAsync(fresh, message.Length, TimeSpan.FromSeconds(30)));
+            }
+            catch (Exception e) when (e is SocketException or OperationCanceledException)
+            {
+                Assert.Fail($"no echo after the descriptors freed up: {e.Message}\n{server.StandardErrorText}");
+            }
+
+            Assert.False(server.HasExited);
+        }
+    }
+
+    [Fact]
     public async Task With_only_256_descriptors_600_clients_are_served_or_told_busy_the_server_idles_and_recovers()
     {
         Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");
