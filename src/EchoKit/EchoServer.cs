@@ -278,7 +278,7 @@ public sealed class EchoServer : IAsyncDisposable
         }
 
         _heartbeat?.Dispose();
-        Log.Stopped(_logger);
+        Log.Stopped(_logger, GC.GetTotalAllocatedBytes(precise: true));
     }
 
     public async ValueTask DisposeAsync()

@@ -33,8 +33,8 @@ internal static partial class Log
     [LoggerMessage(10, LogLevel.Error, "connection setup failed: {Error}")]
     public static partial void SetupFailed(ILogger logger, string error);
 
-    [LoggerMessage(8, LogLevel.Information, "stopped")]
-    public static partial void Stopped(ILogger logger);
+    [LoggerMessage(8, LogLevel.Information, "stopped ({AllocatedBytes} bytes allocated by the process since it started)")]
+    public static partial void Stopped(ILogger logger, long allocatedBytes);
 
     /// <summary>"closed by peer", "reset by peer (ECONNRESET)", "error: No route to host (EHOSTUNREACH)".</summary>
     public static string ReasonText(CloseReason reason, SocketError error) => (reason, error) switch
