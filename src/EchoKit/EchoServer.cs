@@ -19,7 +19,8 @@ public sealed class EchoServer : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly List<StreamListener> _listeners = [];
     private readonly List<Task> _acceptLoops = [];
-    private readonly ConcurrentDictionary<long, (EchoConnection Connection, Task Run)> _connections = new();
+    private readonly ConcurrentDictionary<long, EchoConnection> _connections = new();
+    private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private ConnectionHeartbeat? _heartbeat;
     private int _connectionLimit; // 0: unlimited
     private List<Microsoft.Win32.SafeHandles.SafeFileHandle>? _reserve; // spare descriptors, freed at EMFILE
@@ -89,7 +90,7 @@ public sealed class EchoServer : IAsyncDisposable
         if (Options.IdleTimeout > TimeSpan.Zero || Options.SendTimeout > TimeSpan.Zero)
         {
             _heartbeat = new ConnectionHeartbeat(Options.IdleTimeout, Options.SendTimeout,
-                () => _connections.Values.Select(v => v.Connection));
+                () => _connections.Values);
         }
 
         foreach (var listener in _listeners)
@@ -154,18 +155,10 @@ public sealed class EchoServer : IAsyncDisposable
 
         var connection = new EchoConnection(id, socket, this);
         Log.Accepted(_logger, id, EndPointText.Format(connection.Peer));
-        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        // Register before running, so that the close handler always finds the entry to remove.
-        var run = RunRegisteredAsync(connection, gate.Task);
-        _connections[id] = (connection, run);
-        gate.SetResult();
-
-    }
-
-    private static async Task RunRegisteredAsync(EchoConnection connection, Task registered)
-    {
-        await registered.ConfigureAwait(false);
-        await connection.RunAsync().ConfigureAwait(false);
+        // Registered before it runs, so that its close always finds the entry to remove. Nothing keeps
+        // its Task: the connection reports its own end (OnConnectionClosed), which is all StopAsync needs.
+        _connections[id] = connection;
+        _ = connection.RunAsync();
     }
 
     /// <summary>
@@ -219,6 +212,11 @@ public sealed class EchoServer : IAsyncDisposable
     {
         _connections.TryRemove(connection.Id, out _);
         Interlocked.Decrement(ref _activeCount);
+        if (Volatile.Read(ref _state) == 2 && _connections.IsEmpty)
+        {
+            _drained.TrySetResult();
+        }
+
         Log.Closed(_logger, closed.Id, EndPointText.Format(closed.Peer), Log.ReasonText(closed.Reason, closed.Error),
             closed.BytesIn, closed.BytesOut, (long)closed.Duration.TotalMilliseconds);
         ConnectionClosed?.Invoke(closed);
@@ -247,9 +245,14 @@ public sealed class EchoServer : IAsyncDisposable
 
         await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
 
-        var open = _connections.Values.ToArray();
-        Log.ShuttingDown(_logger, open.Length, (long)Options.ShutdownTimeout.TotalMilliseconds);
-        var all = Task.WhenAll(open.Select(o => o.Run));
+        // No accept runs any more, so no connection is added from here on.
+        Log.ShuttingDown(_logger, _connections.Count, (long)Options.ShutdownTimeout.TotalMilliseconds);
+        if (_connections.IsEmpty)
+        {
+            _drained.TrySetResult();
+        }
+
+        var all = _drained.Task;
         long deadline = Environment.TickCount64 + (long)Options.ShutdownTimeout.TotalMilliseconds;
         long quietMs = Math.Min(DrainQuietMs, (long)Options.ShutdownTimeout.TotalMilliseconds / 4);
         using var tick = new PeriodicTimer(TimeSpan.FromMilliseconds(10));
@@ -257,7 +260,7 @@ public sealed class EchoServer : IAsyncDisposable
         {
             // Each connection says goodbye (FIN) once it has echoed what it had and gone quiet.
             long now = Environment.TickCount64;
-            foreach (var (connection, _) in _connections.Values)
+            foreach (var connection in _connections.Values)
             {
                 connection.TryFinishDrain(now, quietMs);
             }
@@ -269,7 +272,7 @@ public sealed class EchoServer : IAsyncDisposable
         {
             var left = _connections.Values.ToArray();
             Log.AbortingAtShutdown(_logger, left.Length);
-            foreach (var (connection, _) in left)
+            foreach (var connection in left)
             {
                 connection.Abort(CloseReason.ShutdownTimeout, reset: true);
             }
