@@ -11,7 +11,8 @@ internal static class ConnectCommand
 
     public static Command Create()
     {
-        var host = new Argument<string>("host") { Description = "Server name or address: host, 1.2.3.4, ::1, [::1]:8888 or host:port" };
+        var host = new Argument<string?>("host") { Description = "Server name or address: host, 1.2.3.4, ::1, [::1]:8888 or host:port", Arity = ArgumentArity.ZeroOrOne };
+        var unix = new Option<string?>("--unix") { Description = "Connect to this Unix domain socket file instead of HOST", HelpName = "path" };
         var port = new Argument<string?>("port") { Description = $"Server port [default: {DefaultPort}]", Arity = ArgumentArity.ZeroOrOne };
         var send = new Option<string?>("--send", "-s")
         {
@@ -35,14 +36,31 @@ internal static class ConnectCommand
 
         var command = new Command("connect", "Connect to a TCP server: stdin to the socket and the socket to stdout, or one-shot with --send.")
         {
-            host, port, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
+            host, port, unix, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
         };
 
         command.SetAction(async (result, cancellationToken) =>
         {
-            if (!TryParseTarget(result.GetValue(host)!, result.GetValue(port), out string targetHost, out int targetPort, out string? error))
+            string? unixPath = result.GetValue(unix);
+            string? hostText = result.GetValue(host);
+            if (unixPath is not null && hostText is not null)
             {
-                return Program.FailUsage("connect", error!);
+                return Program.FailUsage("connect", "give either HOST [PORT] or --unix PATH, not both");
+            }
+
+            string targetHost = "";
+            int targetPort = 0;
+            if (unixPath is null)
+            {
+                if (hostText is null)
+                {
+                    return Program.FailUsage("connect", "missing HOST (or --unix PATH)");
+                }
+
+                if (!TryParseTarget(hostText, result.GetValue(port), out targetHost, out targetPort, out string? error))
+                {
+                    return Program.FailUsage("connect", error!);
+                }
             }
 
             byte[]? payload = null;
@@ -54,7 +72,7 @@ internal static class ConnectCommand
             var settings = new ClientSettings(
                 result.GetValue(expect), wait.Get(result)!.Value, result.GetValue(halfClose),
                 connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result));
-            return await RunAsync(targetHost, targetPort, payload, settings).ConfigureAwait(false);
+            return await RunAsync(unixPath, targetHost, targetPort, payload, settings).ConfigureAwait(false);
         });
         return command;
     }
@@ -109,12 +127,14 @@ internal static class ConnectCommand
         return true;
     }
 
-    private static async Task<int> RunAsync(string host, int port, byte[]? payload, ClientSettings settings)
+    private static async Task<int> RunAsync(string? unixPath, string host, int port, byte[]? payload, ClientSettings settings)
     {
         Socket socket;
         try
         {
-            socket = await SocketConnector.ConnectAsync(host, port, settings.ConnectTimeout).ConfigureAwait(false);
+            socket = unixPath is not null
+                ? await SocketConnector.ConnectUnixAsync(unixPath, settings.ConnectTimeout).ConfigureAwait(false)
+                : await SocketConnector.ConnectAsync(host, port, settings.ConnectTimeout).ConfigureAwait(false);
         }
         catch (ConnectFailedException e)
         {
@@ -132,7 +152,8 @@ internal static class ConnectCommand
             }
             catch (SocketException e)
             {
-                return Program.Fail(ExitCodeOf(e.SocketErrorCode), $"connection to {host}:{port} failed: {SocketErrorText.Describe(e.SocketErrorCode)}");
+                string target = unixPath is not null ? "unix:" + unixPath : $"{host}:{port}";
+                return Program.Fail(ExitCodeOf(e.SocketErrorCode), $"connection to {target} failed: {SocketErrorText.Describe(e.SocketErrorCode)}");
             }
             catch (TransferTimeoutException e)
             {

@@ -23,6 +23,35 @@ internal static class ServeCommand
             Description = "Address or host name to listen on [default: all interfaces, IPv4 and IPv6 (dual-stack)]",
             HelpName = "address",
         };
+        var unix = new Option<string?>("--unix")
+        {
+            Description = "Listen on this Unix domain socket file instead of TCP (a stale file is replaced, removed at exit)",
+            HelpName = "path",
+        };
+        var unixMode = new Option<UnixFileMode?>("--unix-mode")
+        {
+            Description = "Permissions of the --unix socket file, in octal (e.g. 660) [default: from the umask]",
+            HelpName = "octal",
+            CustomParser = r =>
+            {
+                string text = r.Tokens[0].Value;
+                try
+                {
+                    int value = Convert.ToInt32(text, 8);
+                    if (value is >= 0 and <= 0x1FF)
+                    {
+                        return (UnixFileMode)value;
+                    }
+                }
+                catch (Exception e) when (e is FormatException or ArgumentException or OverflowException)
+                {
+                    // Reported below.
+                }
+
+                r.AddError($"invalid --unix-mode value '{text}': expected octal permissions such as 660 or 0600");
+                return null;
+            },
+        };
         var noGreeting = new Option<bool>("--no-greeting") { Description = "Do not send the three greeting lines (plain RFC 862 echo)" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Do not write received bytes to stdout" };
         var maxConnections = new Option<int>("--max-connections")
@@ -43,13 +72,29 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel,
+            port, bind, unix, unixMode, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel,
         };
 
         command.SetAction(async (result, _) =>
         {
             IReadOnlyList<IPAddress> addresses = [];
             string? bindText = result.GetValue(bind);
+            string? unixPath = result.GetValue(unix);
+            if (unixPath is not null && bindText is not null)
+            {
+                return Program.FailUsage("serve", "--unix and --bind cannot be combined: a server listens on one or the other");
+            }
+
+            if (unixPath is { Length: 0 })
+            {
+                return Program.FailUsage("serve", "invalid --unix value: empty path");
+            }
+
+            if (result.GetValue(unixMode) is not null && unixPath is null)
+            {
+                return Program.FailUsage("serve", "--unix-mode needs --unix");
+            }
+
             if (bindText is not null)
             {
                 var resolved = await ResolveBindAsync(bindText).ConfigureAwait(false);
@@ -67,6 +112,8 @@ internal static class ServeCommand
             {
                 Port = result.GetValue(port),
                 BindAddresses = addresses,
+                UnixPath = unixPath,
+                UnixMode = result.GetValue(unixMode),
                 SendGreeting = !result.GetValue(noGreeting),
                 ShutdownTimeout = shutdownTimeout.Get(result)!.Value,
                 MaxConnections = result.GetValue(maxConnections),
@@ -131,6 +178,8 @@ internal static class ServeCommand
 
     private static string Hint(ListenFailedException e) => e.SocketError switch
     {
+        SocketError.AddressAlreadyInUse when e.EndPoint is UnixDomainSocketEndPoint =>
+            e.InnerException is IOException io ? $" ({io.Message})" : "; a server is listening on that socket file: stop it or choose another path",
         SocketError.AddressAlreadyInUse when e.EndPoint is IPEndPoint ip =>
             $"; another process holds the port: find it with `ss -ltnp 'sport = :{ip.Port}'`, or choose another --port",
         SocketError.AccessDenied => "; ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a --port of 1024 or more",

@@ -42,7 +42,7 @@ public sealed class EchoServer : IAsyncDisposable
     internal IPayloadSink? PayloadSink { get; }
 
     /// <summary>Where the server listens (with the real port when <see cref="EchoServerOptions.Port"/> was 0).</summary>
-    public IReadOnlyList<IPEndPoint> LocalEndPoints => _listeners.Select(l => l.LocalEndPoint).ToArray();
+    public IReadOnlyList<IPEndPoint> LocalEndPoints => _listeners.Select(l => l.LocalEndPoint).OfType<IPEndPoint>().ToArray();
 
     /// <summary>Connections open right now.</summary>
     public int ActiveConnections => Volatile.Read(ref _activeCount);
@@ -60,12 +60,19 @@ public sealed class EchoServer : IAsyncDisposable
 
         try
         {
-            int port = Options.Port;
-            foreach (var address in AddressesToBind())
+            if (Options.UnixPath is { } path)
             {
-                var listener = StreamListener.Open(address, port, Options.Backlog, _logger);
-                _listeners.Add(listener);
-                port = listener.LocalEndPoint.Port; // with port 0, every address gets the port the first one got
+                _listeners.Add(StreamListener.OpenUnix(path, Options.Backlog, Options.UnixMode, _logger));
+            }
+            else
+            {
+                int port = Options.Port;
+                foreach (var address in AddressesToBind())
+                {
+                    var listener = StreamListener.Open(address, port, Options.Backlog, _logger);
+                    _listeners.Add(listener);
+                    port = ((IPEndPoint)listener.LocalEndPoint).Port; // with port 0, every address gets the port the first one got
+                }
             }
         }
         catch
@@ -146,7 +153,10 @@ public sealed class EchoServer : IAsyncDisposable
 
         try
         {
-            socket.NoDelay = Options.NoDelay;
+            if (socket.ProtocolType == ProtocolType.Tcp)
+            {
+                socket.NoDelay = Options.NoDelay;
+            }
         }
         catch (SocketException)
         {

@@ -11,6 +11,12 @@ public sealed record EchoServerOptions
     /// </summary>
     public IReadOnlyList<IPAddress> BindAddresses { get; init; } = [];
 
+    /// <summary>Listen on this Unix domain stream socket instead of TCP.</summary>
+    public string? UnixPath { get; init; }
+
+    /// <summary>Permissions of the socket file (e.g. 0660), or null for the umask's.</summary>
+    public UnixFileMode? UnixMode { get; init; }
+
     /// <summary>TCP port; 0 lets the OS choose (the chosen port is in <see cref="EchoServer.LocalEndPoints"/>).</summary>
     public int Port { get; init; } = 8888;
 

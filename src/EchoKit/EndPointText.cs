@@ -9,6 +9,7 @@ public static class EndPointText
     {
         null => "?",
         IPEndPoint ip => Format(ip.Address, ip.Port),
+        System.Net.Sockets.UnixDomainSocketEndPoint unix => "unix:" + (unix.ToString() is { Length: > 0 } path ? path : "(unnamed)"),
         _ => endPoint.ToString() ?? "?",
     };
 

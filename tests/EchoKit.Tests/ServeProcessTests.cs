@@ -224,7 +224,7 @@ public sealed class ServeProcessTests
     [InlineData("invalid --shutdown-timeout value: 'soon' is not a duration", "serve", "--shutdown-timeout", "soon")]
     [InlineData("invalid --bind value 'not an address'", "serve", "--bind", "not an address")]
     [InlineData("'--frobnicate'", "serve", "--frobnicate")]
-    [InlineData("Required argument missing for command: 'connect'", "connect")]
+    [InlineData("missing HOST (or --unix PATH)", "connect")]
     [InlineData("invalid port '0'", "connect", "127.0.0.1", "0")]
     [InlineData("invalid port 'x'", "connect", "127.0.0.1:x")]
     [InlineData("port given twice", "connect", "127.0.0.1:80", "81")]

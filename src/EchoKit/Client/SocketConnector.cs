@@ -76,6 +76,35 @@ public static class SocketConnector
 
         throw last!;
     }
+
+    /// <summary>Connects to a Unix domain stream socket file.</summary>
+    public static async Task<Socket> ConnectUnixAsync(string path, TimeSpan timeout, CancellationToken cancellationToken = default)
+    {
+        var endPoint = new UnixDomainSocketEndPoint(path);
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        using var attempt = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        if (timeout != Timeout.InfiniteTimeSpan)
+        {
+            attempt.CancelAfter(timeout);
+        }
+
+        try
+        {
+            await socket.ConnectAsync(endPoint, attempt.Token).ConfigureAwait(false);
+            return socket;
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            socket.Dispose();
+            throw new ConnectFailedException($"connect to unix:{path} failed: timed out after {Durations.Format(timeout)} (ETIMEDOUT)", path, 0, SocketError.TimedOut);
+        }
+        catch (SocketException e)
+        {
+            socket.Dispose();
+            string why = e.SocketErrorCode == SocketError.AddressNotAvailable ? "No such file or directory (ENOENT)" : SocketErrorText.Describe(e.SocketErrorCode);
+            throw new ConnectFailedException($"connect to unix:{path} failed: {why}", path, 0, e.SocketErrorCode, e);
+        }
+    }
 }
 
 /// <summary>A connection could not be opened: name resolution, refusal, timeout or another socket error.</summary>

@@ -23,10 +23,14 @@ internal sealed class StreamListener : IDisposable
     {
         _socket = socket;
         _logger = logger;
-        LocalEndPoint = (IPEndPoint)socket.LocalEndPoint!;
+        LocalEndPoint = socket.LocalEndPoint!;
     }
 
-    public IPEndPoint LocalEndPoint { get; }
+    /// <summary>An <see cref="IPEndPoint"/>, or a <see cref="UnixDomainSocketEndPoint"/> for <see cref="OpenUnix"/>.</summary>
+    public EndPoint LocalEndPoint { get; }
+
+    /// <summary>The socket file this listener created and removes when it closes; null for TCP.</summary>
+    public string? UnixPath { get; private init; }
 
     public bool IsDualStack { get; private init; }
 
@@ -66,7 +70,70 @@ internal sealed class StreamListener : IDisposable
         return new StreamListener(socket, logger) { IsDualStack = dualStack };
     }
 
-    private static void Bind(Socket socket, IPEndPoint endPoint)
+    /// <summary>
+    /// Listens on a Unix domain stream socket. A file left by a crashed server (nobody accepts on it)
+    /// is replaced; a live one is refused with EADDRINUSE; anything that is not a socket is left alone.
+    /// </summary>
+    public static StreamListener OpenUnix(string path, int backlog, UnixFileMode? mode, ILogger logger)
+    {
+        var endPoint = new UnixDomainSocketEndPoint(path);
+        RemoveIfStale(path, endPoint);
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            Bind(socket, endPoint);
+            if (mode is { } permissions && !OperatingSystem.IsWindows())
+            {
+                File.SetUnixFileMode(path, permissions);
+            }
+
+            try
+            {
+                socket.Listen(backlog);
+            }
+            catch (SocketException e)
+            {
+                throw new ListenFailedException("listen", endPoint, e.SocketErrorCode, e);
+            }
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        return new StreamListener(socket, logger) { UnixPath = path };
+    }
+
+    private static void RemoveIfStale(string path, UnixDomainSocketEndPoint endPoint)
+    {
+        if (!File.Exists(path) && !Directory.Exists(path))
+        {
+            return;
+        }
+
+        if (FileKind.IsSocket(path) != true)
+        {
+            // Never delete what may be someone's file (connect() to a regular file says ECONNREFUSED too).
+            throw new ListenFailedException("bind", endPoint, SocketError.AddressAlreadyInUse,
+                new IOException($"{path} exists and is not a socket"));
+        }
+
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            probe.Connect(endPoint);
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
+        {
+            File.Delete(path); // a socket nobody listens on: left by a server that did not clean up
+            return;
+        }
+
+        throw new ListenFailedException("bind", endPoint, SocketError.AddressAlreadyInUse); // a live server owns it
+    }
+
+    private static void Bind(Socket socket, EndPoint endPoint)
     {
         try
         {
@@ -152,6 +219,17 @@ internal sealed class StreamListener : IDisposable
     {
         _closed = true;
         _socket.Dispose();
+        if (UnixPath is not null)
+        {
+            try
+            {
+                File.Delete(UnixPath);
+            }
+            catch (IOException)
+            {
+                // Someone else removed or replaced it.
+            }
+        }
     }
 }
 
