@@ -68,6 +68,19 @@ internal static class CliOptions
         return (int)value;
     }
 
+    /// <summary>-4 / -6: restrict to one address family.</summary>
+    public static (Option<bool> Four, Option<bool> Six) FamilyOptions() =>
+        (new Option<bool>("-4") { Description = "IPv4 only" }, new Option<bool>("-6") { Description = "IPv6 only" });
+
+    /// <summary>The family -4/-6 ask for (null: both), or an error when both are given.</summary>
+    public static bool TryGetFamily(ParseResult result, (Option<bool> Four, Option<bool> Six) flags, out System.Net.Sockets.AddressFamily? family, out string? error)
+    {
+        bool four = result.GetValue(flags.Four), six = result.GetValue(flags.Six);
+        family = four ? System.Net.Sockets.AddressFamily.InterNetwork : six ? System.Net.Sockets.AddressFamily.InterNetworkV6 : null;
+        error = four && six ? "-4 and -6 cannot be combined" : null;
+        return error is null;
+    }
+
     /// <summary>Port numbers: 0 lets the OS pick (for serve); 1-65535 otherwise.</summary>
     public static bool TryParsePort(string text, int min, out int port) =>
         int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out port) && port >= min && port <= 65535;

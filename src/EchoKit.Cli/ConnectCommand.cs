@@ -13,6 +13,7 @@ internal static class ConnectCommand
     {
         var host = new Argument<string?>("host") { Description = "Server name or address: host, 1.2.3.4, ::1, [::1]:8888 or host:port", Arity = ArgumentArity.ZeroOrOne };
         var unix = new Option<string?>("--unix") { Description = "Connect to this Unix domain socket file instead of HOST", HelpName = "path" };
+        var family = CliOptions.FamilyOptions();
         var port = new Argument<string?>("port") { Description = $"Server port [default: {DefaultPort}]", Arity = ArgumentArity.ZeroOrOne };
         var send = new Option<string?>("--send", "-s")
         {
@@ -36,7 +37,7 @@ internal static class ConnectCommand
 
         var command = new Command("connect", "Connect to a TCP server: stdin to the socket and the socket to stdout, or one-shot with --send.")
         {
-            host, port, unix, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
+            host, port, family.Four, family.Six, unix, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
         };
 
         command.SetAction(async (result, cancellationToken) =>
@@ -46,6 +47,11 @@ internal static class ConnectCommand
             if (unixPath is not null && hostText is not null)
             {
                 return Program.FailUsage("connect", "give either HOST [PORT] or --unix PATH, not both");
+            }
+
+            if (!CliOptions.TryGetFamily(result, family, out var onlyFamily, out string? familyError))
+            {
+                return Program.FailUsage("connect", familyError!);
             }
 
             string targetHost = "";
@@ -71,13 +77,14 @@ internal static class ConnectCommand
 
             var settings = new ClientSettings(
                 result.GetValue(expect), wait.Get(result)!.Value, result.GetValue(halfClose),
-                connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result));
+                connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result), onlyFamily);
             return await RunAsync(unixPath, targetHost, targetPort, payload, settings).ConfigureAwait(false);
         });
         return command;
     }
 
-    private sealed record ClientSettings(int? Expect, TimeSpan Wait, bool HalfClose, TimeSpan ConnectTimeout, TimeSpan? RecvTimeout, TimeSpan? SendTimeout);
+    private sealed record ClientSettings(int? Expect, TimeSpan Wait, bool HalfClose, TimeSpan ConnectTimeout, TimeSpan? RecvTimeout, TimeSpan? SendTimeout,
+        AddressFamily? Family);
 
     /// <summary>Accepts "host", "host PORT", "host:port", "[v6]:port", "[v6]" and a bare IPv6 literal.</summary>
     internal static bool TryParseTarget(string hostText, string? portText, out string host, out int port, out string? error)
@@ -134,7 +141,7 @@ internal static class ConnectCommand
         {
             socket = unixPath is not null
                 ? await SocketConnector.ConnectUnixAsync(unixPath, settings.ConnectTimeout).ConfigureAwait(false)
-                : await SocketConnector.ConnectAsync(host, port, settings.ConnectTimeout).ConfigureAwait(false);
+                : await SocketConnector.ConnectAsync(host, port, settings.ConnectTimeout, settings.Family).ConfigureAwait(false);
         }
         catch (ConnectFailedException e)
         {

@@ -52,6 +52,7 @@ internal static class ServeCommand
                 return null;
             },
         };
+        var family = CliOptions.FamilyOptions();
         var noGreeting = new Option<bool>("--no-greeting") { Description = "Do not send the three greeting lines (plain RFC 862 echo)" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Do not write received bytes to stdout" };
         var maxConnections = new Option<int>("--max-connections")
@@ -72,7 +73,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, unix, unixMode, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel,
+            port, bind, family.Four, family.Six, unix, unixMode, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel,
         };
 
         command.SetAction(async (result, _) =>
@@ -95,6 +96,11 @@ internal static class ServeCommand
                 return Program.FailUsage("serve", "--unix-mode needs --unix");
             }
 
+            if (!CliOptions.TryGetFamily(result, family, out var onlyFamily, out string? familyError))
+            {
+                return Program.FailUsage("serve", familyError!);
+            }
+
             if (bindText is not null)
             {
                 var resolved = await ResolveBindAsync(bindText).ConfigureAwait(false);
@@ -105,7 +111,11 @@ internal static class ServeCommand
                         : Program.Fail(resolved.ExitCode, resolved.Error);
                 }
 
-                addresses = resolved.Addresses;
+                addresses = onlyFamily is { } only ? resolved.Addresses.Where(a => a.AddressFamily == only).ToArray() : resolved.Addresses;
+                if (addresses.Count == 0)
+                {
+                    return Program.FailUsage("serve", $"--bind {bindText} has no {(onlyFamily == AddressFamily.InterNetwork ? "IPv4" : "IPv6")} address");
+                }
             }
 
             var options = new EchoServerOptions
@@ -113,6 +123,7 @@ internal static class ServeCommand
                 Port = result.GetValue(port),
                 BindAddresses = addresses,
                 UnixPath = unixPath,
+                Family = onlyFamily,
                 UnixMode = result.GetValue(unixMode),
                 SendGreeting = !result.GetValue(noGreeting),
                 ShutdownTimeout = shutdownTimeout.Get(result)!.Value,

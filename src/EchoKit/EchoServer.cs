@@ -69,7 +69,7 @@ public sealed class EchoServer : IAsyncDisposable
                 int port = Options.Port;
                 foreach (var address in AddressesToBind())
                 {
-                    var listener = StreamListener.Open(address, port, Options.Backlog, _logger);
+                    var listener = StreamListener.Open(address, port, Options.Backlog, dualStack: Options.Family is null, _logger);
                     _listeners.Add(listener);
                     port = ((IPEndPoint)listener.LocalEndPoint).Port; // with port 0, every address gets the port the first one got
                 }
@@ -129,7 +129,12 @@ public sealed class EchoServer : IAsyncDisposable
             return Options.BindAddresses.Distinct();
         }
 
-        return [Socket.OSSupportsIPv6 ? IPAddress.IPv6Any : IPAddress.Any];
+        return Options.Family switch
+        {
+            AddressFamily.InterNetwork => [IPAddress.Any],
+            AddressFamily.InterNetworkV6 => [IPAddress.IPv6Any],
+            _ => [Socket.OSSupportsIPv6 ? IPAddress.IPv6Any : IPAddress.Any],
+        };
     }
 
     private void OnAccepted(Socket socket)

@@ -11,6 +11,9 @@ public sealed record EchoServerOptions
     /// </summary>
     public IReadOnlyList<IPAddress> BindAddresses { get; init; } = [];
 
+    /// <summary>Only IPv4 (<see cref="System.Net.Sockets.AddressFamily.InterNetwork"/>) or only IPv6; null for both.</summary>
+    public System.Net.Sockets.AddressFamily? Family { get; init; }
+
     /// <summary>Listen on this Unix domain stream socket instead of TCP.</summary>
     public string? UnixPath { get; init; }
 

@@ -216,7 +216,39 @@ public sealed class ServeProcessTests
         }
     }
 
+    [Fact]
+    public async Task Minus_6_listens_on_IPv6_only_and_minus_4_on_IPv4_only()
+    {
+        var (six, sixPort) = await ChildProcess.StartServerAsync("-6", "--quiet");
+        await using (six)
+        {
+            Assert.DoesNotContain("dual-stack", await six.WaitForStderrAsync("listening on [::]:", Deadline), StringComparison.Ordinal);
+            using var client = await ConnectAsync(IPAddress.IPv6Loopback, sixPort);
+            Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
+            var refused = await Assert.ThrowsAsync<SocketException>(() => ConnectAsync(IPAddress.Loopback, sixPort));
+            Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
+        }
+
+        var (four, fourPort) = await ChildProcess.StartServerAsync("-4", "--quiet");
+        await using (four)
+        {
+            await four.WaitForStderrAsync("listening on 0.0.0.0:", Deadline);
+            using var client = await ConnectAsync(IPAddress.Loopback, fourPort);
+            Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
+            var refused = await Assert.ThrowsAsync<SocketException>(() => ConnectAsync(IPAddress.IPv6Loopback, fourPort));
+            Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
+
+            var wrongFamily = await ChildProcess.RunAsync(ExitDeadline, null, "connect", "-6", "127.0.0.1", fourPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "--send", "x");
+            Assert.Equal(4, wrongFamily.ExitCode);
+            Assert.Contains("127.0.0.1 has no IPv6 address", wrongFamily.Stderr, StringComparison.Ordinal);
+            var rightFamily = await ChildProcess.RunAsync(ExitDeadline, null, "connect", "-4", "127.0.0.1", fourPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "--send", "x", "--expect", "182");
+            Assert.Equal(0, rightFamily.ExitCode);
+        }
+    }
+
     [Theory]
+    [InlineData("-4 and -6 cannot be combined", "serve", "-4", "-6")]
+    [InlineData("-4 and -6 cannot be combined", "connect", "::1", "-4", "-6")]
     [InlineData("invalid --port value '-1'", "serve", "--port", "-1")]
     [InlineData("invalid --port value '65536'", "serve", "--port", "65536")]
     [InlineData("invalid --port value 'http'", "serve", "--port", "http")]

@@ -11,7 +11,11 @@ public static class SocketConnector
     /// address that accepts within <paramref name="timeout"/> (per address; <see cref="Timeout.InfiniteTimeSpan"/> for none).
     /// Throws <see cref="ConnectFailedException"/> naming what failed and why.
     /// </summary>
-    public static async Task<Socket> ConnectAsync(string host, int port, TimeSpan timeout, CancellationToken cancellationToken = default)
+    public static async Task<Socket> ConnectAsync(string host, int port, TimeSpan timeout, CancellationToken cancellationToken = default) =>
+        await ConnectAsync(host, port, timeout, family: null, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>As above, trying only addresses of <paramref name="family"/> when it is given (-4 / -6).</summary>
+    public static async Task<Socket> ConnectAsync(string host, int port, TimeSpan timeout, AddressFamily? family, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(host);
         IPAddress[] addresses;
@@ -33,6 +37,17 @@ public static class SocketConnector
             if (addresses.Length == 0)
             {
                 throw new ConnectFailedException($"cannot resolve {host}: {SocketErrorText.Describe(SocketError.HostNotFound)}", host, port, SocketError.HostNotFound);
+            }
+        }
+
+        if (family is { } only)
+        {
+            addresses = addresses.Where(a => a.AddressFamily == only || (a.IsIPv4MappedToIPv6 && only == AddressFamily.InterNetwork)).ToArray();
+            if (addresses.Length == 0)
+            {
+                throw new ConnectFailedException(
+                    $"{host} has no {(only == AddressFamily.InterNetwork ? "IPv4" : "IPv6")} address: {SocketErrorText.Describe(SocketError.NoData)}",
+                    host, port, SocketError.NoData);
             }
         }
 

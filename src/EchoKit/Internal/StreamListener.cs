@@ -35,17 +35,21 @@ internal sealed class StreamListener : IDisposable
     public bool IsDualStack { get; private init; }
 
     /// <summary>Binds and listens; throws <see cref="ListenFailedException"/> with the one-line reason.</summary>
-    public static StreamListener Open(IPAddress address, int port, int backlog, ILogger logger)
+    public static StreamListener Open(IPAddress address, int port, int backlog, bool dualStack, ILogger logger)
     {
         var endPoint = new IPEndPoint(address, port);
         var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        bool dualStack = false;
         try
         {
-            if (address.Equals(IPAddress.IPv6Any))
+            if (address.AddressFamily == AddressFamily.InterNetworkV6)
             {
-                socket.DualMode = true;
-                dualStack = true;
+                // [::] takes IPv4 too unless IPv6 only was asked for (IPV6_V6ONLY).
+                dualStack &= address.Equals(IPAddress.IPv6Any);
+                socket.DualMode = dualStack;
+            }
+            else
+            {
+                dualStack = false;
             }
 
             // SO_REUSEADDR alone, set directly: .NET's ReuseAddress option also sets SO_REUSEPORT on
