@@ -53,6 +53,10 @@ internal static class ServeCommand
             },
         };
         var family = CliOptions.FamilyOptions();
+        var tcp = new Option<bool>("--tcp") { Description = "Serve TCP echo (the default; give it with --udp to serve both)" };
+        var udp = new Option<bool>("--udp") { Description = "Serve UDP echo (RFC 862) on the same port" };
+        var udpRate = CliOptions.Integer("--udp-rate", "UDP datagrams per second answered per source address (0: unlimited)", 1000, 0, 100_000_000);
+        var udpLowPorts = new Option<bool>("--udp-allow-low-ports") { Description = "Answer UDP datagrams from source ports below 1024 (off: reflection-loop risk, CVE-2024-2169)" };
         var noGreeting = new Option<bool>("--no-greeting") { Description = "Do not send the three greeting lines (plain RFC 862 echo)" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Do not write received bytes to stdout" };
         var maxConnections = new Option<int>("--max-connections")
@@ -73,7 +77,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, family.Four, family.Six, unix, unixMode, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel,
+            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, unix, unixMode, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel,
         };
 
         command.SetAction(async (result, _) =>
@@ -89,6 +93,11 @@ internal static class ServeCommand
             if (unixPath is { Length: 0 })
             {
                 return Program.FailUsage("serve", "invalid --unix value: empty path");
+            }
+
+            if (unixPath is not null && result.GetValue(udp))
+            {
+                return Program.FailUsage("serve", "--udp with --unix is not supported yet: Unix datagram sockets are planned");
             }
 
             if (result.GetValue(unixMode) is not null && unixPath is null)
@@ -124,6 +133,10 @@ internal static class ServeCommand
                 BindAddresses = addresses,
                 UnixPath = unixPath,
                 Family = onlyFamily,
+                Tcp = result.GetValue(tcp) || !result.GetValue(udp),
+                Udp = result.GetValue(udp),
+                UdpRate = result.GetValue(udpRate),
+                UdpAllowLowPorts = result.GetValue(udpLowPorts),
                 UnixMode = result.GetValue(unixMode),
                 SendGreeting = !result.GetValue(noGreeting),
                 ShutdownTimeout = shutdownTimeout.Get(result)!.Value,

@@ -19,6 +19,7 @@ public sealed class EchoServer : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly List<StreamListener> _listeners = [];
     private readonly List<Task> _acceptLoops = [];
+    private readonly List<DatagramEchoService> _datagramServices = [];
     private readonly ConcurrentDictionary<long, EchoConnection> _connections = new();
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private ConnectionHeartbeat? _heartbeat;
@@ -42,7 +43,8 @@ public sealed class EchoServer : IAsyncDisposable
     internal IPayloadSink? PayloadSink { get; }
 
     /// <summary>Where the server listens (with the real port when <see cref="EchoServerOptions.Port"/> was 0).</summary>
-    public IReadOnlyList<IPEndPoint> LocalEndPoints => _listeners.Select(l => l.LocalEndPoint).OfType<IPEndPoint>().ToArray();
+    public IReadOnlyList<IPEndPoint> LocalEndPoints =>
+        _listeners.Select(l => l.LocalEndPoint).OfType<IPEndPoint>().Concat(_datagramServices.Select(d => d.LocalEndPoint)).ToArray();
 
     /// <summary>Connections open right now.</summary>
     public int ActiveConnections => Volatile.Read(ref _activeCount);
@@ -69,9 +71,19 @@ public sealed class EchoServer : IAsyncDisposable
                 int port = Options.Port;
                 foreach (var address in AddressesToBind())
                 {
-                    var listener = StreamListener.Open(address, port, Options.Backlog, dualStack: Options.Family is null, _logger);
-                    _listeners.Add(listener);
-                    port = ((IPEndPoint)listener.LocalEndPoint).Port; // with port 0, every address gets the port the first one got
+                    if (Options.Tcp)
+                    {
+                        var listener = StreamListener.Open(address, port, Options.Backlog, dualStack: Options.Family is null, _logger);
+                        _listeners.Add(listener);
+                        port = ((IPEndPoint)listener.LocalEndPoint).Port; // with port 0, every socket gets the port the first one got
+                    }
+
+                    if (Options.Udp)
+                    {
+                        var datagrams = DatagramEchoService.Open(address, port, dualStack: Options.Family is null, Options, _logger, PayloadSink);
+                        _datagramServices.Add(datagrams);
+                        port = datagrams.LocalEndPoint.Port;
+                    }
                 }
             }
         }
@@ -82,8 +94,19 @@ public sealed class EchoServer : IAsyncDisposable
                 listener.Dispose();
             }
 
+            foreach (var datagrams in _datagramServices)
+            {
+                datagrams.Dispose();
+            }
+
             _listeners.Clear();
+            _datagramServices.Clear();
             throw;
+        }
+
+        foreach (var datagrams in _datagramServices)
+        {
+            Log.Listening(_logger, "udp " + EndPointText.Format(datagrams.LocalEndPoint) + (datagrams.LocalEndPoint.Address.Equals(IPAddress.IPv6Any) && Options.Family is null ? " (dual-stack: IPv4 and IPv6)" : ""));
         }
 
         _connectionLimit = EffectiveConnectionLimit();
@@ -259,6 +282,10 @@ public sealed class EchoServer : IAsyncDisposable
         }
 
         await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
+        foreach (var datagrams in _datagramServices)
+        {
+            datagrams.Dispose();
+        }
 
         // No accept runs any more, so no connection is added from here on.
         Log.ShuttingDown(_logger, _connections.Count, (long)Options.ShutdownTimeout.TotalMilliseconds);

@@ -14,6 +14,18 @@ public sealed record EchoServerOptions
     /// <summary>Only IPv4 (<see cref="System.Net.Sockets.AddressFamily.InterNetwork"/>) or only IPv6; null for both.</summary>
     public System.Net.Sockets.AddressFamily? Family { get; init; }
 
+    /// <summary>Serve TCP echo (the default).</summary>
+    public bool Tcp { get; init; } = true;
+
+    /// <summary>Serve UDP echo on the same port.</summary>
+    public bool Udp { get; init; }
+
+    /// <summary>UDP datagrams per second answered per source address; 0: unlimited.</summary>
+    public int UdpRate { get; init; } = 1000;
+
+    /// <summary>Answer UDP datagrams from source ports below 1024 (off: they are a reflection-loop risk).</summary>
+    public bool UdpAllowLowPorts { get; init; }
+
     /// <summary>Listen on this Unix domain stream socket instead of TCP.</summary>
     public string? UnixPath { get; init; }
 

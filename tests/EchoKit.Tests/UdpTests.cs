@@ -1,0 +1,146 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using EchoKit.Tests.Infrastructure;
+using static EchoKit.Tests.Infrastructure.Loopback;
+
+namespace EchoKit.Tests;
+
+/// <summary><c>echokit serve --udp</c>: RFC 862 datagram echo with reflection protections.</summary>
+public sealed class UdpTests
+{
+    private static readonly TimeSpan ExitDeadline = TimeSpan.FromSeconds(20);
+
+    private static Socket UdpClient(IPAddress address, int sourcePort = 0)
+    {
+        var socket = new Socket(address.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        socket.Bind(new IPEndPoint(address, sourcePort));
+        return socket;
+    }
+
+    /// <summary>One datagram back within the wait, or null.</summary>
+    private static async Task<byte[]?> ReceiveDatagramAsync(Socket socket, TimeSpan wait)
+    {
+        var buffer = new byte[70_000];
+        using var cts = new CancellationTokenSource(wait);
+        try
+        {
+            var any = socket.AddressFamily == AddressFamily.InterNetworkV6 ? IPAddress.IPv6Any : IPAddress.Any;
+            var result = await socket.ReceiveFromAsync(buffer, SocketFlags.None, new IPEndPoint(any, 0), cts.Token);
+            return buffer.AsSpan(0, result.ReceivedBytes).ToArray();
+        }
+        catch (OperationCanceledException)
+        {
+            return null;
+        }
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1", 1)]
+    [InlineData("127.0.0.1", 1400)]
+    [InlineData("127.0.0.1", 65_507)]
+    [InlineData("::1", 1400)]
+    [InlineData("::1", 65_527)]
+    public async Task Each_datagram_comes_back_unchanged_up_to_the_largest_UDP_payload(string address, int size)
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--udp", "--quiet");
+        await using (server)
+        {
+            var ip = IPAddress.Parse(address);
+            using var client = UdpClient(ip);
+            var payload = ServeProcessTests.RandomBytes(size);
+            await client.SendToAsync(payload, new IPEndPoint(ip, port));
+            Assert.Equal(payload, await ReceiveDatagramAsync(client, Deadline));
+        }
+    }
+
+    [Fact]
+    public async Task Tcp_and_udp_are_served_on_one_port_and_nc_u_is_answered()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--tcp", "--udp", "--quiet");
+        await using (server)
+        {
+            using (var tcp = await ConnectAsync(port))
+            {
+                Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(tcp, GreetingBytes.Length));
+            }
+
+            var nc = await ChildProcess.RunProgramAsync("nc", ExitDeadline, "over udp\n"u8.ToArray(), "-u", "-w", "1", "127.0.0.1", port.ToString(CultureInfo.InvariantCulture));
+            Assert.Equal("over udp\n", nc.StdoutText);
+        }
+    }
+
+    [Fact]
+    public async Task Datagrams_from_source_ports_below_1024_are_dropped_and_counted_unless_allowed()
+    {
+        Assert.SkipWhen(Environment.UserName != "root", "binding a source port below 1024 needs root");
+        var (server, port) = await ChildProcess.StartServerAsync("--udp", "--quiet");
+        await using (server)
+        {
+            using var low = UdpClient(IPAddress.Loopback, 999);
+            await low.SendToAsync("reflect me"u8.ToArray(), new IPEndPoint(IPAddress.Loopback, port));
+            Assert.Null(await ReceiveDatagramAsync(low, TimeSpan.FromMilliseconds(500)));
+
+            using var normal = UdpClient(IPAddress.Loopback);
+            await normal.SendToAsync("fine"u8.ToArray(), new IPEndPoint(IPAddress.Loopback, port));
+            Assert.Equal("fine"u8.ToArray(), await ReceiveDatagramAsync(normal, Deadline));
+
+            server.Signal(ChildProcess.SIGTERM);
+            Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+            Assert.Contains("udp: 1 datagrams echoed, 1 dropped from ports below 1024", server.StandardErrorText, StringComparison.Ordinal);
+        }
+
+        var (allowing, allowingPort) = await ChildProcess.StartServerAsync("--udp", "--quiet", "--udp-allow-low-ports");
+        await using (allowing)
+        {
+            using var low = UdpClient(IPAddress.Loopback, 998);
+            await low.SendToAsync("allowed"u8.ToArray(), new IPEndPoint(IPAddress.Loopback, allowingPort));
+            Assert.Equal("allowed"u8.ToArray(), await ReceiveDatagramAsync(low, Deadline));
+        }
+    }
+
+    [Fact]
+    public async Task The_per_source_rate_limit_answers_about_the_rate_and_drops_the_rest()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--udp", "--quiet", "--udp-rate", "10");
+        await using (server)
+        {
+            using var client = UdpClient(IPAddress.Loopback);
+            var target = new IPEndPoint(IPAddress.Loopback, port);
+            for (int i = 0; i < 100; i++)
+            {
+                await client.SendToAsync(new byte[] { (byte)i }, target);
+            }
+
+            int replies = 0;
+            while (await ReceiveDatagramAsync(client, TimeSpan.FromMilliseconds(500)) is not null)
+            {
+                replies++;
+            }
+
+            // A bucket of 10 (one second's worth) plus what refills while the burst lasts.
+            Assert.InRange(replies, 5, 20);
+            await server.WaitForStderrAsync("over the per-source rate", Deadline);
+        }
+    }
+
+    [Fact]
+    public async Task An_unreachable_sender_does_not_stop_the_receive_loop()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--udp", "--quiet");
+        await using (server)
+        {
+            var target = new IPEndPoint(IPAddress.Loopback, port);
+            for (int i = 0; i < 20; i++)
+            {
+                // Gone before the echo arrives: the server's reply meets a closed port (ICMP unreachable).
+                using var vanishing = UdpClient(IPAddress.Loopback);
+                await vanishing.SendToAsync(new byte[] { 1, 2, 3 }, target);
+            }
+
+            using var client = UdpClient(IPAddress.Loopback);
+            await client.SendToAsync("still here"u8.ToArray(), target);
+            Assert.Equal("still here"u8.ToArray(), await ReceiveDatagramAsync(client, Deadline));
+        }
+    }
+}
