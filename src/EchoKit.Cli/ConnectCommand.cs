@@ -14,6 +14,7 @@ internal static class ConnectCommand
         var host = new Argument<string?>("host") { Description = "Server name or address: host, 1.2.3.4, ::1, [::1]:8888 or host:port", Arity = ArgumentArity.ZeroOrOne };
         var unix = new Option<string?>("--unix") { Description = "Connect to this Unix domain socket file instead of HOST", HelpName = "path" };
         var family = CliOptions.FamilyOptions();
+        var udp = new Option<bool>("--udp", "-u") { Description = "UDP: each stdin line (or the --send text) is one datagram; replies are printed, missing ones reported after --wait" };
         var port = new Argument<string?>("port") { Description = $"Server port [default: {DefaultPort}]", Arity = ArgumentArity.ZeroOrOne };
         var send = new Option<string?>("--send", "-s")
         {
@@ -37,7 +38,7 @@ internal static class ConnectCommand
 
         var command = new Command("connect", "Connect to a TCP server: stdin to the socket and the socket to stdout, or one-shot with --send.")
         {
-            host, port, family.Four, family.Six, unix, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
+            host, port, family.Four, family.Six, udp, unix, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
         };
 
         command.SetAction(async (result, cancellationToken) =>
@@ -73,6 +74,13 @@ internal static class ConnectCommand
             if (result.GetValue(send) is { } text && !CEscapes.TryDecode(text, out payload, out string escapeError))
             {
                 return Program.FailUsage("connect", $"invalid --send value: {escapeError}");
+            }
+
+            if (result.GetValue(udp))
+            {
+                return unixPath is not null
+                    ? Program.FailUsage("connect", "--udp with --unix is not supported yet")
+                    : await UdpSession.RunAsync(targetHost, targetPort, onlyFamily, payload, wait.Get(result)!.Value).ConfigureAwait(false);
             }
 
             var settings = new ClientSettings(

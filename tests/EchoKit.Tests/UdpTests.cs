@@ -143,4 +143,37 @@ public sealed class UdpTests
             Assert.Equal("still here"u8.ToArray(), await ReceiveDatagramAsync(client, Deadline));
         }
     }
+
+    [Fact]
+    public async Task Connect_udp_sends_each_line_as_a_datagram_prints_replies_and_reports_lost_ones()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--udp", "--quiet", "--udp-rate", "2");
+        await using (server)
+        {
+            string p = port.ToString(CultureInfo.InvariantCulture);
+            var oneShot = await ChildProcess.RunAsync(ExitDeadline, null, "connect", "--udp", "127.0.0.1", p, "--send", "ping\\n");
+            Assert.Equal(0, oneShot.ExitCode);
+            Assert.Equal("ping\n", oneShot.StdoutText);
+
+            await Task.Delay(TimeSpan.FromSeconds(1.5)); // let the 2-per-second bucket refill
+            var lines = await ChildProcess.RunAsync(ExitDeadline, "a\nb\nc\nd\ne\n"u8.ToArray(), "connect", "-u", "::1", p, "--wait", "500ms");
+            Assert.Equal(6, lines.ExitCode); // the rate limit answered only some: the rest are reported, not waited for
+            Assert.Contains("datagrams got no reply within 500ms", lines.Stderr, StringComparison.Ordinal);
+            Assert.StartsWith("a\nb\n", lines.StdoutText, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Connect_udp_to_a_port_nobody_serves_is_connection_refused()
+    {
+        int port;
+        using (var probe = UdpClient(IPAddress.Loopback))
+        {
+            port = ((IPEndPoint)probe.LocalEndPoint!).Port;
+        }
+
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, "connect", "--udp", "127.0.0.1", port.ToString(CultureInfo.InvariantCulture), "--send", "x", "--wait", "1s");
+        Assert.Equal(5, result.ExitCode);
+        Assert.Contains("Connection refused (ECONNREFUSED)", result.Stderr, StringComparison.Ordinal);
+    }
 }

@@ -1,0 +1,117 @@
+using System.Net;
+using System.Net.Sockets;
+using EchoKit.Client;
+
+namespace EchoKit.Cli;
+
+/// <summary>
+/// <c>echokit connect --udp</c>: each stdin line (or the --send text) is one datagram; replies are printed
+/// as they come. The socket is connected, so only the server's datagrams are read and an ICMP "port
+/// unreachable" shows up as ECONNREFUSED. Replies still missing --wait after the last send are reported
+/// as lost, never waited on forever.
+/// </summary>
+internal static class UdpSession
+{
+    public static async Task<int> RunAsync(string host, int port, AddressFamily? family, byte[]? payload, TimeSpan wait)
+    {
+        IPAddress address;
+        try
+        {
+            address = IPAddress.TryParse(host, out var literal)
+                ? literal
+                : (await Dns.GetHostAddressesAsync(host).ConfigureAwait(false)).First(a => family is null || a.AddressFamily == family);
+        }
+        catch (Exception e) when (e is SocketException or InvalidOperationException)
+        {
+            var error = e is SocketException se ? se.SocketErrorCode : SocketError.NoData;
+            return Program.Fail(ExitCodes.HostNotFound, $"cannot resolve {host}: {SocketErrorText.Describe(error)}");
+        }
+
+        var target = new IPEndPoint(address, port);
+        using var socket = new Socket(address.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        socket.Connect(target);
+        Console.Error.WriteLine($"echokit: sending datagrams to udp {EndPointText.Format(target)}");
+
+        long sent = 0, received = 0;
+        using var stdout = Console.OpenStandardOutput();
+        var buffer = new byte[65_536];
+        long lastSendTicks = Environment.TickCount64;
+        bool inputDone = false;
+
+        var sender = Task.Run(async () =>
+        {
+            try
+            {
+                foreach (var datagram in payload is not null ? [payload] : ReadLines(Console.OpenStandardInput()))
+                {
+                    await socket.SendAsync(datagram, SocketFlags.None).ConfigureAwait(false);
+                    Interlocked.Increment(ref sent);
+                    Volatile.Write(ref lastSendTicks, Environment.TickCount64);
+                }
+            }
+            finally
+            {
+                Volatile.Write(ref lastSendTicks, Environment.TickCount64);
+                inputDone = true;
+            }
+        });
+
+        try
+        {
+            while (true)
+            {
+                // Wait for replies while input goes on, and for --wait after the last datagram was sent.
+                long left = (long)wait.TotalMilliseconds - (Environment.TickCount64 - Volatile.Read(ref lastSendTicks));
+                if (inputDone && (left <= 0 || Interlocked.Read(ref received) >= Interlocked.Read(ref sent)))
+                {
+                    break;
+                }
+
+                int n = await TimedTransfer.ReceiveAsync(socket, buffer, TimeSpan.FromMilliseconds(Math.Clamp(left, 10, 200)), throwOnTimeout: false).ConfigureAwait(false);
+                if (n >= 0)
+                {
+                    stdout.Write(buffer, 0, n);
+                    stdout.Flush();
+                    Interlocked.Increment(ref received);
+                }
+            }
+
+            await sender.ConfigureAwait(false);
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
+        {
+            return Program.Fail(ExitCodes.ConnectionRefused,
+                $"udp {EndPointText.Format(target)}: Connection refused (ECONNREFUSED): nothing listens there (ICMP port unreachable)");
+        }
+
+        long lost = Math.Max(0, sent - received);
+        if (lost > 0)
+        {
+            return Program.Fail(ExitCodes.TimedOut, $"{lost} of {sent} datagrams got no reply within {Durations.Format(wait)}");
+        }
+
+        Console.Error.WriteLine($"echokit: {received} of {sent} datagrams answered");
+        return ExitCodes.Ok;
+    }
+
+    /// <summary>Lines of stdin, each with its newline, as datagrams.</summary>
+    private static IEnumerable<byte[]> ReadLines(Stream input)
+    {
+        var line = new List<byte>();
+        int b;
+        while ((b = input.ReadByte()) >= 0)
+        {
+            line.Add((byte)b);
+            if (b == '\n')
+            {
+                yield return line.ToArray();
+                line.Clear();
+            }
+        }
+
+        if (line.Count > 0)
+        {
+            yield return line.ToArray();
+        }
+    }
+}
