@@ -12,7 +12,8 @@ internal static class BenchCommand
 {
     public static Command Create()
     {
-        var target = new Argument<string>("target") { Description = "Server to load: host, host:port, [::1]:8888 (port default 8888)" };
+        var target = new Argument<string?>("target") { Description = "Server to load: host, host:port, [::1]:8888 (port default 8888)", Arity = ArgumentArity.ZeroOrOne };
+        var unix = new Option<string?>("--unix") { Description = "Load the Unix domain stream socket at this path instead of a TCP target", HelpName = "path" };
         var connections = CliOptions.Integer("--connections", "Connections, all active", 50, 1, 100_000, "-c");
         var size = CliOptions.Integer("--size", "Bytes per message", 64, 1, LoadGenerator.MaxMessageSize, "-s");
         var depth = CliOptions.Integer("--depth", "Messages in flight per connection (1: ping-pong)", 1, 1, 65_536, "-d");
@@ -38,11 +39,20 @@ internal static class BenchCommand
 
         var command = new Command("bench", "Load an echo server: messages/s, MB/s and latency percentiles, every echoed byte checked.")
         {
-            target, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, json,
+            target, unix, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, json,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
-            if (!ConnectCommand.TryParseTarget(result.GetValue(target)!, null, out string host, out int port, out string? error))
+            string? unixPath = result.GetValue(unix);
+            string? targetText = result.GetValue(target);
+            if ((unixPath is null) == (targetText is null))
+            {
+                return Program.FailUsage("bench", "give either a HOST[:PORT] target or --unix PATH");
+            }
+
+            string host = unixPath ?? "";
+            int port = 0;
+            if (targetText is not null && !ConnectCommand.TryParseTarget(targetText, null, out host, out port, out string? error))
             {
                 return Program.FailUsage("bench", error!);
             }
@@ -51,6 +61,7 @@ internal static class BenchCommand
             {
                 Host = host,
                 Port = port,
+                UnixPath = unixPath,
                 Connections = result.GetValue(connections),
                 MessageSize = result.GetValue(size),
                 Depth = result.GetValue(depth),
@@ -150,7 +161,8 @@ internal static class BenchCommand
     private static void PrintReport(BenchOptions options, BenchResult r)
     {
         var culture = CultureInfo.InvariantCulture;
-        Console.Out.WriteLine(string.Create(culture, $"{options.Host}:{options.Port}  {r.Connections} connections, {r.MessageSize} B messages, depth {r.Depth}, {(options.Rate is { } rate ? $"open loop at {rate:0} msgs/s" : "closed loop")}, {r.Seconds:0.0} s measured"));
+        string target = options.UnixPath is { } path ? "unix:" + path : $"{options.Host}:{options.Port}";
+        Console.Out.WriteLine(string.Create(culture, $"{target}  {r.Connections} connections, {r.MessageSize} B messages, depth {r.Depth}, {(options.Rate is { } rate ? $"open loop at {rate:0} msgs/s" : "closed loop")}, {r.Seconds:0.0} s measured"));
         Console.Out.WriteLine(string.Create(culture, $"  throughput  {r.MessagesPerSecond,12:N0} msgs/s  {r.MegabytesPerSecond,10:0.00} MB/s"));
         Console.Out.WriteLine(string.Create(culture, $"  latency     p50 {r.P50Us:0.0} us  p90 {r.P90Us:0.0} us  p99 {r.P99Us:0.0} us  p99.9 {r.P999Us:0.0} us  max {r.MaxUs:0.0} us"));
         Console.Out.WriteLine(string.Create(culture, $"  messages    {r.Messages:N0}   errors {r.Errors}   mismatches {r.Mismatches}   connect failures {r.ConnectFailures}"));

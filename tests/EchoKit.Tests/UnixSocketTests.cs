@@ -100,7 +100,19 @@ public sealed class UnixSocketTests : IDisposable
         Assert.Equal($"echokit: connect to unix:{SocketPath} failed: No such file or directory (ENOENT)", result.Stderr.Trim());
     }
 
+    [Fact]
+    public async Task Bench_loads_a_Unix_socket_the_same_way_as_TCP()
+    {
+        await using var server = await StartUnixServerAsync("--unix", SocketPath, "--quiet");
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, "bench", "--unix", SocketPath, "-c", "4", "-t", "1s", "--warmup", "200ms", "--json");
+        Assert.True(result.ExitCode == 0, result.ToString());
+        using var json = System.Text.Json.JsonDocument.Parse(result.StdoutText);
+        Assert.True(json.RootElement.GetProperty("msgs").GetInt64() > 100, result.StdoutText);
+        Assert.Equal(0, json.RootElement.GetProperty("mismatches").GetInt64());
+    }
+
     [Theory]
+    [InlineData("give either a HOST[:PORT] target or --unix PATH", "bench")]
     [InlineData("invalid --unix-mode value '999'", "serve", "--unix", "/tmp/x.sock", "--unix-mode", "999")]
     [InlineData("--unix-mode needs --unix", "serve", "--unix-mode", "600")]
     [InlineData("--unix and --bind cannot be combined", "serve", "--unix", "/tmp/x.sock", "--bind", "::1")]

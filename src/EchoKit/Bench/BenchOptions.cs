@@ -7,6 +7,9 @@ public sealed record BenchOptions
 
     public int Port { get; init; } = 8888;
 
+    /// <summary>Load a Unix domain stream socket at this path instead of Host:Port.</summary>
+    public string? UnixPath { get; init; }
+
     /// <summary>Connections, all active.</summary>
     public int Connections { get; init; } = 50;
 

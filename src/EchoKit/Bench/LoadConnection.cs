@@ -43,10 +43,12 @@ internal sealed class LoadConnection
 
     public bool Failed => _failed;
 
-    public static async Task<LoadConnection> OpenAsync(LoadGenerator owner, int index, IPEndPoint endPoint, CancellationToken cancellationToken)
+    public static async Task<LoadConnection> OpenAsync(LoadGenerator owner, int index, EndPoint endPoint, CancellationToken cancellationToken)
     {
         var options = owner.Options;
-        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        var socket = endPoint is UnixDomainSocketEndPoint
+            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+            : new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {
             using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))

@@ -83,8 +83,9 @@ public sealed class LoadGenerator
             throw new ArgumentOutOfRangeException(nameof(BenchOptions.MessageSize));
         }
 
-        var address = await ResolveAsync().ConfigureAwait(false);
-        var endPoint = new IPEndPoint(address, _options.Port);
+        EndPoint endPoint = _options.UnixPath is { } path
+            ? new UnixDomainSocketEndPoint(path)
+            : new IPEndPoint(await ResolveAsync().ConfigureAwait(false), _options.Port);
 
         // Connect (at most 200 handshakes at once), then read each greeting.
         using var gate = new SemaphoreSlim(200);
