@@ -35,11 +35,12 @@ internal static class BenchCommand
             CustomParser = r => CliOptions.ParseInteger(r, "--skip-greeting", 0, 1 << 20),
         };
         var connectTimeout = CliOptions.Duration("--connect-timeout", "Give up on a connection after this long", "10s", allowZero: false);
+        var udp = new Option<bool>("--udp", "-u") { Description = "UDP ping-pong datagrams (depth 1); a reply missing after 200 ms counts as lost (in errors)" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object (echoload's field names) instead of the report" };
 
         var command = new Command("bench", "Load an echo server: messages/s, MB/s and latency percentiles, every echoed byte checked.")
         {
-            target, unix, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, json,
+            target, unix, udp, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, json,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -48,6 +49,19 @@ internal static class BenchCommand
             if ((unixPath is null) == (targetText is null))
             {
                 return Program.FailUsage("bench", "give either a HOST[:PORT] target or --unix PATH");
+            }
+
+            if (result.GetValue(udp))
+            {
+                string? udpError = unixPath is not null ? "--udp with --unix is not supported"
+                    : result.GetValue(depth) != 1 ? "--udp measures ping-pong only: leave --depth at 1"
+                    : result.GetValue(rate) is not null ? "--udp has no open-loop mode yet: leave out --rate"
+                    : result.GetValue(size) < 8 ? "with --udp, --size must be at least 8 (each datagram carries its sequence number)"
+                    : null;
+                if (udpError is not null)
+                {
+                    return Program.FailUsage("bench", udpError);
+                }
             }
 
             string host = unixPath ?? "";
@@ -62,13 +76,14 @@ internal static class BenchCommand
                 Host = host,
                 Port = port,
                 UnixPath = unixPath,
+                Udp = result.GetValue(udp),
+                SkipGreeting = result.GetValue(udp) ? 0 : result.GetValue(skipGreeting),
                 Connections = result.GetValue(connections),
                 MessageSize = result.GetValue(size),
                 Depth = result.GetValue(depth),
                 Duration = duration.Get(result)!.Value,
                 Warmup = warmup.Get(result)!.Value,
                 Rate = result.GetValue(rate),
-                SkipGreeting = result.GetValue(skipGreeting),
                 ConnectTimeout = connectTimeout.Get(result)!.Value,
             };
             return await RunAsync(options, result.GetValue(json)).ConfigureAwait(false);

@@ -176,4 +176,25 @@ public sealed class UdpTests
         Assert.Equal(5, result.ExitCode);
         Assert.Contains("Connection refused (ECONNREFUSED)", result.Stderr, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Bench_udp_measures_ping_pong_datagrams_with_every_byte_checked()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--udp", "--quiet", "--udp-rate", "0");
+        await using (server)
+        {
+            var result = await ChildProcess.RunAsync(ExitDeadline, null,
+                "bench", "--udp", $"127.0.0.1:{port}", "-c", "2", "-s", "512", "-t", "1s", "--warmup", "300ms", "--json");
+            Assert.True(result.ExitCode == 0, result.ToString());
+            using var json = System.Text.Json.JsonDocument.Parse(result.StdoutText);
+            Assert.True(json.RootElement.GetProperty("msgs").GetInt64() > 100, result.StdoutText);
+            Assert.Equal(0, json.RootElement.GetProperty("mismatches").GetInt64());
+        }
+    }
+
+    [Theory]
+    [InlineData("--udp measures ping-pong only", "-d", "4")]
+    [InlineData("with --udp, --size must be at least 8", "-s", "4")]
+    public Task Bench_udp_flags_are_validated(string expected, params string[] args) =>
+        ServeProcessTests.AssertUsageErrorAsync(expected, ["bench", "--udp", "127.0.0.1:9", .. args]);
 }

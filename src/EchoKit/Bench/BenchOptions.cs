@@ -7,6 +7,9 @@ public sealed record BenchOptions
 
     public int Port { get; init; } = 8888;
 
+    /// <summary>UDP ping-pong datagrams instead of a TCP stream (depth 1; a reply missing after 200 ms counts as lost).</summary>
+    public bool Udp { get; init; }
+
     /// <summary>Load a Unix domain stream socket at this path instead of Host:Port.</summary>
     public string? UnixPath { get; init; }
 

@@ -9,7 +9,7 @@ namespace EchoKit.Bench;
 /// sending one more as each comes back. Open loop: a sender puts messages out on schedule, the
 /// receiver matches them as they return. Either way the receiver checks every byte.
 /// </summary>
-internal sealed class LoadConnection
+internal sealed class LoadConnection : ILoadFlow
 {
     private const int OpenLoopQueue = 1 << 16;
 

@@ -20,7 +20,7 @@ public sealed class LoadGenerator
 
     private readonly BenchOptions _options;
     private readonly byte[] _pattern;
-    private readonly List<LoadConnection> _workers = [];
+    private readonly List<ILoadFlow> _workers = [];
     private readonly ConcurrentBag<LongHistogram> _histograms = [];
     private readonly ThreadLocal<LongHistogram> _histogram;
     private readonly long _start = Stopwatch.GetTimestamp();
@@ -94,7 +94,9 @@ public sealed class LoadGenerator
             await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
-                var worker = await LoadConnection.OpenAsync(this, i, endPoint, cancellationToken).ConfigureAwait(false);
+                ILoadFlow worker = _options.Udp
+                    ? UdpLoadConnection.Open(this, i, endPoint)
+                    : await LoadConnection.OpenAsync(this, i, endPoint, cancellationToken).ConfigureAwait(false);
                 lock (_workers)
                 {
                     _workers.Add(worker);

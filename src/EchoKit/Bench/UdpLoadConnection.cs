@@ -1,0 +1,101 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+
+namespace EchoKit.Bench;
+
+/// <summary>
+/// One UDP benchmark flow: ping-pong datagrams on a connected socket. Each datagram carries its
+/// sequence number in its first 8 bytes (the rest is pattern), so a reply is matched exactly; a reply
+/// that does not come within <see cref="LossTimeout"/> counts as lost, and a late one is ignored.
+/// </summary>
+internal sealed class UdpLoadConnection : ILoadFlow
+{
+    private static readonly TimeSpan LossTimeout = TimeSpan.FromMilliseconds(200);
+
+    private readonly LoadGenerator _owner;
+    private readonly Socket _socket;
+    private readonly int _size;
+    private readonly long _offset;
+
+    private UdpLoadConnection(LoadGenerator owner, Socket socket, long offset)
+    {
+        _owner = owner;
+        _socket = socket;
+        _size = Math.Max(8, owner.Options.MessageSize);
+        _offset = offset;
+    }
+
+    public long MeasuredMessages { get; private set; }
+
+    public long Mismatches { get; private set; }
+
+    public long Overruns { get; private set; }
+
+    public bool Failed { get; private set; }
+
+    public static UdpLoadConnection Open(LoadGenerator owner, int index, EndPoint endPoint)
+    {
+        var socket = new Socket(endPoint.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        socket.Connect(endPoint);
+        long offset = (long)(uint)HashCode.Combine(owner.Options.Seed, index) % LoadGenerator.PatternLength;
+        return new UdpLoadConnection(owner, socket, offset);
+    }
+
+    public async Task RunAsync()
+    {
+        var datagram = new byte[_size];
+        var reply = new byte[65_536];
+        long sequence = 0;
+        try
+        {
+            while (!_owner.Stopping)
+            {
+                sequence++;
+                _owner.Pattern(_offset + sequence, _size).CopyTo(datagram);
+                BinaryPrimitives.WriteInt64LittleEndian(datagram, sequence);
+                long sentAt = Stopwatch.GetTimestamp();
+                await _socket.SendAsync(datagram, SocketFlags.None).ConfigureAwait(false);
+
+                using var timeout = new CancellationTokenSource(LossTimeout);
+                while (true)
+                {
+                    int n;
+                    try
+                    {
+                        n = await _socket.ReceiveAsync(reply, SocketFlags.None, timeout.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        Overruns++; // lost: no reply in time
+                        break;
+                    }
+
+                    if (n >= 8 && BinaryPrimitives.ReadInt64LittleEndian(reply) < sequence)
+                    {
+                        continue; // a late reply to a datagram already counted as lost
+                    }
+
+                    if (!reply.AsSpan(0, n).SequenceEqual(datagram))
+                    {
+                        Mismatches++;
+                    }
+                    else if (_owner.Measuring)
+                    {
+                        _owner.Record((long)((Stopwatch.GetTimestamp() - sentAt) * (double)TimeSpan.TicksPerSecond / Stopwatch.Frequency));
+                        MeasuredMessages++;
+                    }
+
+                    break;
+                }
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            Failed = !_owner.Stopping;
+        }
+    }
+
+    public void Close() => _socket.Dispose();
+}
