@@ -20,6 +20,35 @@ public sealed class ReliabilityTests
         Assert.Equal(message, await ReceiveExactlyAsync(client, size));
     }
 
+    /// <summary>Over two seconds the server uses under a fifth of a core, and is still alive.</summary>
+    private static async Task AssertIdlesAsync(ChildProcess server)
+    {
+        var cpuBefore = ProcStats.CpuTime(server.Pid);
+        var wall = System.Diagnostics.Stopwatch.StartNew();
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        double cpuShare = (ProcStats.CpuTime(server.Pid) - cpuBefore) / wall.Elapsed;
+        Assert.True(cpuShare < 0.2, $"the server used {cpuShare:P0} of a core while out of descriptors");
+        Assert.False(server.HasExited, server.StandardErrorText);
+    }
+
+    /// <summary>After a storm of clients has gone, a new client is echoed.</summary>
+    private static async Task AssertServesFreshClientAsync(ChildProcess server, int port)
+    {
+        // From another source address: the closed connections may still sit in the server's backlog,
+        // and a reused ephemeral port would collide with one of them (the kernel answers with a reset).
+        using var fresh = await ConnectFromAsync(IPAddress.Parse("127.0.0.2"), port);
+        var message = "after the storm"u8.ToArray();
+        try
+        {
+            await fresh.SendAsync(message);
+            Assert.Equal(message, await ReceiveExactlyAsync(fresh, message.Length, TimeSpan.FromSeconds(30)));
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException)
+        {
+            Assert.Fail($"no echo after the descriptors freed up: {e.Message}\n{server.StandardErrorText}");
+        }
+    }
+
     private static async Task<Socket> ConnectFromAsync(IPAddress source, int port)
     {
         var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
@@ -262,31 +291,14 @@ public sealed class ReliabilityTests
                 Assert.Contains("retrying in", await server.WaitForStderrAsync("accept failed: Too many open files (EMFILE)", Deadline), StringComparison.Ordinal);
                 await server.WaitForStderrAsync("lowered after EMFILE", Deadline);
 
-                var cpuBefore = ProcStats.CpuTime(server.Pid);
-                var wall = System.Diagnostics.Stopwatch.StartNew();
-                await Task.Delay(TimeSpan.FromSeconds(2));
-                double cpuShare = (ProcStats.CpuTime(server.Pid) - cpuBefore) / wall.Elapsed;
-                Assert.True(cpuShare < 0.2, $"the server used {cpuShare:P0} of a core while out of descriptors");
-                Assert.False(server.HasExited, server.StandardErrorText);
+                await AssertIdlesAsync(server);
             }
             finally
             {
                 clients.ForEach(c => c.Dispose());
             }
 
-            // From another source address: the 600 closed connections may still sit in the server's backlog,
-            // and a reused ephemeral port would collide with one of them (the kernel answers with a reset).
-            using var fresh = await ConnectFromAsync(IPAddress.Parse("127.0.0.2"), port);
-            var message = "descriptors are back"u8.ToArray();
-            try
-            {
-                await fresh.SendAsync(message);
-                Assert.Equal(message, await ReceiveExactlyAsync(fresh, message.Length, TimeSpan.FromSeconds(30)));
-            }
-            catch (Exception e) when (e is SocketException or OperationCanceledException)
-            {
-                Assert.Fail($"no echo after the descriptors freed up: {e.Message}\n{server.StandardErrorText}");
-            }
+            await AssertServesFreshClientAsync(server, port);
 
             Assert.False(server.HasExited);
         }
@@ -313,13 +325,7 @@ public sealed class ReliabilityTests
             await server.WaitForStderrAsync("the descriptor limit allows", Deadline);
             await server.WaitForStderrAsync("refused: server busy", Deadline);
 
-            // Saturated: it must wait, not spin.
-            var cpuBefore = ProcStats.CpuTime(server.Pid);
-            var wall = System.Diagnostics.Stopwatch.StartNew();
-            await Task.Delay(TimeSpan.FromSeconds(2));
-            double cpuShare = (ProcStats.CpuTime(server.Pid) - cpuBefore) / wall.Elapsed;
-            Assert.True(cpuShare < 0.2, $"the saturated server used {cpuShare:P0} of a core");
-            Assert.False(server.HasExited);
+            await AssertIdlesAsync(server); // saturated: it must wait, not spin
         }
         finally
         {
@@ -327,19 +333,7 @@ public sealed class ReliabilityTests
         }
 
         // Descriptors free up as those connections close; a new client is served without a restart.
-        // From another source address: the 600 closed connections may still sit in the server's backlog,
-        // and a reused ephemeral port would collide with one of them (the kernel answers with a reset).
-        using var fresh = await ConnectFromAsync(IPAddress.Parse("127.0.0.2"), port);
-        var message = "after the storm"u8.ToArray();
-        try
-        {
-            await fresh.SendAsync(message);
-            Assert.Equal(message, await ReceiveExactlyAsync(fresh, message.Length, TimeSpan.FromSeconds(30)));
-        }
-        catch (Exception e) when (e is SocketException or OperationCanceledException)
-        {
-            Assert.Fail($"the server did not serve a new client after the descriptors freed up: {e.Message}\n{server.StandardErrorText}");
-        }
+        await AssertServesFreshClientAsync(server, port);
 
         Assert.False(server.HasExited);
     }

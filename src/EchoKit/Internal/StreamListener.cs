@@ -30,16 +30,16 @@ internal sealed class StreamListener : IDisposable
     public EndPoint LocalEndPoint { get; }
 
     /// <summary>The socket file this listener created and removes when it closes; null for TCP.</summary>
-    public string? UnixPath { get; private init; }
+    public string? UnixPath { get; private set; }
 
-    public bool IsDualStack { get; private init; }
+    public bool IsDualStack { get; private set; }
 
     /// <summary>Binds and listens; throws <see cref="ListenFailedException"/> with the one-line reason.</summary>
     public static StreamListener Open(IPAddress address, int port, int backlog, bool dualStack, ILogger logger)
     {
         var endPoint = new IPEndPoint(address, port);
         var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        try
+        var listener = BindAndListen(socket, endPoint, backlog, beforeBind: () =>
         {
             if (address.AddressFamily == AddressFamily.InterNetworkV6)
             {
@@ -55,23 +55,9 @@ internal sealed class StreamListener : IDisposable
             // SO_REUSEADDR alone, set directly: .NET's ReuseAddress option also sets SO_REUSEPORT on
             // Linux, which would let a second server bind the same port silently (dotnet/corefx#24562).
             socket.SetRawSocketOption(SocketOptionLevels.SolSocket, SocketOptionLevels.SoReuseAddr, BitConverter.GetBytes(1));
-            Bind(socket, endPoint);
-            try
-            {
-                socket.Listen(backlog);
-            }
-            catch (SocketException e)
-            {
-                throw new ListenFailedException("listen", endPoint, e.SocketErrorCode, e);
-            }
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-
-        return new StreamListener(socket, logger) { IsDualStack = dualStack };
+        }, afterBind: null, logger);
+        listener.IsDualStack = dualStack;
+        return listener;
     }
 
     /// <summary>
@@ -83,14 +69,25 @@ internal sealed class StreamListener : IDisposable
         var endPoint = new UnixDomainSocketEndPoint(path);
         RemoveIfStale(path, endPoint);
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
+        var listener = BindAndListen(socket, endPoint, backlog, beforeBind: null, afterBind: () =>
         {
-            Bind(socket, endPoint);
             if (mode is { } permissions && !OperatingSystem.IsWindows())
             {
                 File.SetUnixFileMode(path, permissions);
             }
+        }, logger);
+        listener.UnixPath = path;
+        return listener;
+    }
 
+    /// <summary>Bind and listen, each failure as the one-line <see cref="ListenFailedException"/>; the socket is closed on failure.</summary>
+    private static StreamListener BindAndListen(Socket socket, EndPoint endPoint, int backlog, Action? beforeBind, Action? afterBind, ILogger logger)
+    {
+        try
+        {
+            beforeBind?.Invoke();
+            Bind(socket, endPoint);
+            afterBind?.Invoke();
             try
             {
                 socket.Listen(backlog);
@@ -106,7 +103,7 @@ internal sealed class StreamListener : IDisposable
             throw;
         }
 
-        return new StreamListener(socket, logger) { UnixPath = path };
+        return new StreamListener(socket, logger);
     }
 
     private static void RemoveIfStale(string path, UnixDomainSocketEndPoint endPoint)
