@@ -17,14 +17,11 @@ internal static class UdpSession
         IPAddress address;
         try
         {
-            address = IPAddress.TryParse(host, out var literal)
-                ? literal
-                : (await Dns.GetHostAddressesAsync(host).ConfigureAwait(false)).First(a => family is null || a.AddressFamily == family);
+            address = (await SocketConnector.ResolveAsync(host, port, family).ConfigureAwait(false))[0];
         }
-        catch (Exception e) when (e is SocketException or InvalidOperationException)
+        catch (ConnectFailedException e)
         {
-            var error = e is SocketException se ? se.SocketErrorCode : SocketError.NoData;
-            return Program.Fail(ExitCodes.HostNotFound, $"cannot resolve {host}: {SocketErrorText.Describe(error)}");
+            return Program.Fail(ConnectCommand.ExitCodeOf(e), e.Message);
         }
 
         var target = new IPEndPoint(address, port);

@@ -58,9 +58,7 @@ internal sealed class LoadConnection : ILoadFlow
             }
 
             await SkipGreetingAsync(socket, options.SkipGreeting, cancellationToken).ConfigureAwait(false);
-            // Each connection starts at its own place in the pattern (as echoload does).
-            long offset = (long)(uint)HashCode.Combine(options.Seed, index) % LoadGenerator.PatternLength;
-            return new LoadConnection(owner, socket, offset);
+            return new LoadConnection(owner, socket, owner.StartOffset(index));
         }
         catch
         {

@@ -50,6 +50,9 @@ public sealed class LoadGenerator
 
     internal ReadOnlyMemory<byte> PatternMemory(long position, int length) => _pattern.AsMemory((int)(position % PatternLength), length);
 
+    /// <summary>Where connection <paramref name="index"/> starts in the pattern (each its own place, as in echoload).</summary>
+    internal long StartOffset(int index) => (long)(uint)HashCode.Combine(_options.Seed, index) % PatternLength;
+
     internal bool Measuring => _phase == 2;
 
     internal bool Stopping => _phase == 3;
@@ -85,7 +88,7 @@ public sealed class LoadGenerator
 
         EndPoint endPoint = _options.UnixPath is { } path
             ? new UnixDomainSocketEndPoint(path)
-            : new IPEndPoint(await ResolveAsync().ConfigureAwait(false), _options.Port);
+            : new IPEndPoint((await SocketConnector.ResolveAsync(_options.Host, _options.Port, family: null).ConfigureAwait(false))[0], _options.Port);
 
         // Connect (at most 200 handshakes at once), then read each greeting.
         using var gate = new SemaphoreSlim(200);
@@ -183,24 +186,4 @@ public sealed class LoadGenerator
 
     /// <summary>The error of the last failed connect, for the report.</summary>
     public SocketError? LastConnectError { get; private set; }
-
-    private async Task<IPAddress> ResolveAsync()
-    {
-        if (IPAddress.TryParse(_options.Host.Trim('[', ']'), out var literal))
-        {
-            return literal;
-        }
-
-        try
-        {
-            var addresses = await Dns.GetHostAddressesAsync(_options.Host).ConfigureAwait(false);
-            return addresses.Length > 0
-                ? addresses[0]
-                : throw new ConnectFailedException($"cannot resolve {_options.Host}: {SocketErrorText.Describe(SocketError.HostNotFound)}", _options.Host, _options.Port, SocketError.HostNotFound);
-        }
-        catch (SocketException e)
-        {
-            throw new ConnectFailedException($"cannot resolve {_options.Host}: {SocketErrorText.Describe(e.SocketErrorCode)}", _options.Host, _options.Port, e.SocketErrorCode, e);
-        }
-    }
 }

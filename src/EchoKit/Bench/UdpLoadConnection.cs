@@ -39,8 +39,7 @@ internal sealed class UdpLoadConnection : ILoadFlow
     {
         var socket = new Socket(endPoint.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         socket.Connect(endPoint);
-        long offset = (long)(uint)HashCode.Combine(owner.Options.Seed, index) % LoadGenerator.PatternLength;
-        return new UdpLoadConnection(owner, socket, offset);
+        return new UdpLoadConnection(owner, socket, owner.StartOffset(index));
     }
 
     public async Task RunAsync()

@@ -17,6 +17,33 @@ public static class SocketConnector
     /// <summary>As above, trying only addresses of <paramref name="family"/> when it is given (-4 / -6).</summary>
     public static async Task<Socket> ConnectAsync(string host, int port, TimeSpan timeout, AddressFamily? family, CancellationToken cancellationToken = default)
     {
+        var addresses = await ResolveAsync(host, port, family, cancellationToken).ConfigureAwait(false);
+        ConnectFailedException? last = null;
+        foreach (var address in addresses)
+        {
+            try
+            {
+                var socket = await ConnectOneAsync(
+                    new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp), new IPEndPoint(address, port), host, port, timeout, cancellationToken).ConfigureAwait(false);
+                socket.NoDelay = true;
+                return socket;
+            }
+            catch (ConnectFailedException e)
+            {
+                last = e; // try the next address
+            }
+        }
+
+        throw last!;
+    }
+
+    /// <summary>
+    /// The addresses of <paramref name="host"/> (a name, or an IPv4/IPv6 literal, bracketed or not), only
+    /// those of <paramref name="family"/> when it is given. Throws <see cref="ConnectFailedException"/>
+    /// ("cannot resolve NAME: ...", "NAME has no IPv6 address: ...") when there are none.
+    /// </summary>
+    public static async Task<IPAddress[]> ResolveAsync(string host, int port, AddressFamily? family, CancellationToken cancellationToken = default)
+    {
         ArgumentNullException.ThrowIfNull(host);
         IPAddress[] addresses;
         if (IPAddress.TryParse(host.Trim('[', ']'), out var literal))
@@ -51,52 +78,17 @@ public static class SocketConnector
             }
         }
 
-        ConnectFailedException? last = null;
-        foreach (var address in addresses)
-        {
-            var endPoint = new IPEndPoint(address, port);
-            var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            using var attempt = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            if (timeout != Timeout.InfiniteTimeSpan)
-            {
-                attempt.CancelAfter(timeout);
-            }
-
-            try
-            {
-                await socket.ConnectAsync(endPoint, attempt.Token).ConfigureAwait(false);
-                socket.NoDelay = true;
-                return socket;
-            }
-            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-            {
-                socket.Dispose();
-                last = new ConnectFailedException(
-                    $"connect to {EndPointText.Format(endPoint)} failed: timed out after {Durations.Format(timeout)} (ETIMEDOUT)",
-                    host, port, SocketError.TimedOut);
-            }
-            catch (SocketException e)
-            {
-                socket.Dispose();
-                last = new ConnectFailedException(
-                    $"connect to {EndPointText.Format(endPoint)} failed: {SocketErrorText.Describe(e.SocketErrorCode)}",
-                    host, port, e.SocketErrorCode, e);
-            }
-            catch
-            {
-                socket.Dispose();
-                throw;
-            }
-        }
-
-        throw last!;
+        return addresses;
     }
 
     /// <summary>Connects to a Unix domain stream socket file.</summary>
-    public static async Task<Socket> ConnectUnixAsync(string path, TimeSpan timeout, CancellationToken cancellationToken = default)
+    public static Task<Socket> ConnectUnixAsync(string path, TimeSpan timeout, CancellationToken cancellationToken = default) =>
+        ConnectOneAsync(new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified),
+            new UnixDomainSocketEndPoint(path), path, 0, timeout, cancellationToken);
+
+    /// <summary>One connect with a timeout; on failure the socket is closed and the reason thrown as <see cref="ConnectFailedException"/>.</summary>
+    private static async Task<Socket> ConnectOneAsync(Socket socket, EndPoint endPoint, string host, int port, TimeSpan timeout, CancellationToken cancellationToken)
     {
-        var endPoint = new UnixDomainSocketEndPoint(path);
-        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         using var attempt = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         if (timeout != Timeout.InfiniteTimeSpan)
         {
@@ -111,13 +103,22 @@ public static class SocketConnector
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
             socket.Dispose();
-            throw new ConnectFailedException($"connect to unix:{path} failed: timed out after {Durations.Format(timeout)} (ETIMEDOUT)", path, 0, SocketError.TimedOut);
+            throw new ConnectFailedException(
+                $"connect to {EndPointText.Format(endPoint)} failed: timed out after {Durations.Format(timeout)} (ETIMEDOUT)", host, port, SocketError.TimedOut);
         }
         catch (SocketException e)
         {
             socket.Dispose();
-            string why = e.SocketErrorCode == SocketError.AddressNotAvailable ? "No such file or directory (ENOENT)" : SocketErrorText.Describe(e.SocketErrorCode);
-            throw new ConnectFailedException($"connect to unix:{path} failed: {why}", path, 0, e.SocketErrorCode, e);
+            // A Unix socket path that does not exist comes back as EADDRNOTAVAIL from .NET; say what it is.
+            string why = endPoint is UnixDomainSocketEndPoint && e.SocketErrorCode == SocketError.AddressNotAvailable
+                ? "No such file or directory (ENOENT)"
+                : SocketErrorText.Describe(e.SocketErrorCode);
+            throw new ConnectFailedException($"connect to {EndPointText.Format(endPoint)} failed: {why}", host, port, e.SocketErrorCode, e);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
         }
     }
 }
