@@ -13,7 +13,7 @@ internal static class BenchCommand
     public static Command Create()
     {
         var target = new Argument<string?>("target") { Description = "Server to load: host, host:port, [::1]:8888 (port default 8888)", Arity = ArgumentArity.ZeroOrOne };
-        var unix = new Option<string?>("--unix") { Description = "Load the Unix domain stream socket at this path instead of a TCP target", HelpName = "path" };
+        var unix = new Option<string?>("--unix") { Description = "Load the Unix domain socket at this path instead of a TCP target (a datagram socket with --udp)", HelpName = "path" };
         var connections = CliOptions.Integer("--connections", "Connections, all active", 50, 1, 100_000, "-c");
         var size = CliOptions.Integer("--size", "Bytes per message", 64, 1, LoadGenerator.MaxMessageSize, "-s");
         var depth = CliOptions.Integer("--depth", "Messages in flight per connection (1: ping-pong)", 1, 1, 65_536, "-d");
@@ -53,8 +53,7 @@ internal static class BenchCommand
 
             if (result.GetValue(udp))
             {
-                string? udpError = unixPath is not null ? "--udp with --unix is not supported"
-                    : result.GetValue(depth) != 1 ? "--udp measures ping-pong only: leave --depth at 1"
+                string? udpError = result.GetValue(depth) != 1 ? "--udp measures ping-pong only: leave --depth at 1"
                     : result.GetValue(rate) is not null ? "--udp has no open-loop mode yet: leave out --rate"
                     : result.GetValue(size) < 8 ? "with --udp, --size must be at least 8 (each datagram carries its sequence number)"
                     : null;

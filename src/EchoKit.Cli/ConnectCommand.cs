@@ -12,7 +12,7 @@ internal static class ConnectCommand
     public static Command Create()
     {
         var host = new Argument<string?>("host") { Description = "Server name or address: host, 1.2.3.4, ::1, [::1]:8888 or host:port", Arity = ArgumentArity.ZeroOrOne };
-        var unix = new Option<string?>("--unix") { Description = "Connect to this Unix domain socket file instead of HOST", HelpName = "path" };
+        var unix = new Option<string?>("--unix") { Description = "Connect to this Unix domain socket file instead of HOST (with --udp: a datagram socket)", HelpName = "path" };
         var family = CliOptions.FamilyOptions();
         var udp = new Option<bool>("--udp", "-u") { Description = "UDP: each stdin line (or the --send text) is one datagram; replies are printed, missing ones reported after --wait" };
         var port = new Argument<string?>("port") { Description = $"Server port [default: {DefaultPort}]", Arity = ArgumentArity.ZeroOrOne };
@@ -78,9 +78,11 @@ internal static class ConnectCommand
 
             if (result.GetValue(udp))
             {
+                // --wait bounds the wait for replies after the last datagram; --recv-timeout, when shorter, too.
+                var replyWait = recvTimeout.Get(result) is { } r && r < wait.Get(result)!.Value ? r : wait.Get(result)!.Value;
                 return unixPath is not null
-                    ? Program.FailUsage("connect", "--udp with --unix is not supported yet")
-                    : await UdpSession.RunAsync(targetHost, targetPort, onlyFamily, payload, wait.Get(result)!.Value).ConfigureAwait(false);
+                    ? await UdpSession.RunUnixAsync(unixPath, payload, replyWait, connectTimeout.Get(result)!.Value).ConfigureAwait(false)
+                    : await UdpSession.RunAsync(targetHost, targetPort, onlyFamily, payload, replyWait).ConfigureAwait(false);
             }
 
             var settings = new ClientSettings(

@@ -34,8 +34,9 @@ namespace EchoKit.Cli
             try
             {
                 // The serve command owns SIGINT/SIGTERM (graceful drain); System.CommandLine's own handler
-                // would cancel the action and kill the process after 2 s, so it is switched off.
-                return await parsed.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null }).ConfigureAwait(false);
+                // would cancel the action and kill the process after 2 s, so it is switched off. Its exception
+                // handler prints a stack trace; ours below prints one line.
+                return await parsed.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null, EnableDefaultExceptionHandler = false }).ConfigureAwait(false);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {

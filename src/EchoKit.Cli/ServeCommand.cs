@@ -25,7 +25,7 @@ internal static class ServeCommand
         };
         var unix = new Option<string?>("--unix")
         {
-            Description = "Listen on this Unix domain socket file instead of TCP (a stale file is replaced, removed at exit)",
+            Description = "Listen on this Unix domain socket file instead of TCP; with --udp, a datagram socket (a stale file is replaced, removed at exit)",
             HelpName = "path",
         };
         var unixMode = new Option<UnixFileMode?>("--unix-mode")
@@ -56,6 +56,12 @@ internal static class ServeCommand
         var tcp = new Option<bool>("--tcp") { Description = "Serve TCP echo (the default; give it with --udp to serve both)" };
         var udp = new Option<bool>("--udp") { Description = "Serve UDP echo (RFC 862) on the same port" };
         var udpRate = CliOptions.Integer("--udp-rate", "UDP datagrams per second answered per source address (0: unlimited)", 1000, 0, 100_000_000);
+        var maxDatagram = new Option<int?>("--max-datagram")
+        {
+            Description = "Largest datagram echoed, in bytes; larger ones are dropped and counted [default: the most the transport carries]",
+            HelpName = "bytes",
+            CustomParser = r => CliOptions.ParseInteger(r, "--max-datagram", 1, 16 * 1024 * 1024),
+        };
         var udpLowPorts = new Option<bool>("--udp-allow-low-ports") { Description = "Answer UDP datagrams from source ports below 1024 (off: reflection-loop risk, CVE-2024-2169)" };
         var noGreeting = new Option<bool>("--no-greeting") { Description = "Do not send the three greeting lines (plain RFC 862 echo)" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Do not write received bytes to stdout" };
@@ -77,7 +83,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, unix, unixMode, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel,
+            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, unix, unixMode, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel,
         };
 
         command.SetAction(async (result, _) =>
@@ -95,9 +101,14 @@ internal static class ServeCommand
                 return Program.FailUsage("serve", "invalid --unix value: empty path");
             }
 
-            if (unixPath is not null && result.GetValue(udp))
+            if (unixPath is not null && result.GetValue(udp) && result.GetValue(tcp))
             {
-                return Program.FailUsage("serve", "--udp with --unix is not supported yet: Unix datagram sockets are planned");
+                return Program.FailUsage("serve", "--tcp --udp with --unix: a socket file is either a stream (--unix) or a datagram socket (--udp --unix); run one server per path");
+            }
+
+            if (result.GetValue(maxDatagram) is not null && !result.GetValue(udp))
+            {
+                return Program.FailUsage("serve", "--max-datagram needs --udp");
             }
 
             if (result.GetValue(unixMode) is not null && unixPath is null)
@@ -137,6 +148,7 @@ internal static class ServeCommand
                 Udp = result.GetValue(udp),
                 UdpRate = result.GetValue(udpRate),
                 UdpAllowLowPorts = result.GetValue(udpLowPorts),
+                MaxDatagramSize = result.GetValue(maxDatagram),
                 UnixMode = result.GetValue(unixMode),
                 SendGreeting = !result.GetValue(noGreeting),
                 ShutdownTimeout = shutdownTimeout.Get(result)!.Value,

@@ -27,7 +27,31 @@ internal static class UdpSession
         var target = new IPEndPoint(address, port);
         using var socket = new Socket(address.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         socket.Connect(target);
-        Console.Error.WriteLine($"echokit: sending datagrams to udp {EndPointText.Format(target)}");
+        return await ExchangeAsync(socket, "udp " + EndPointText.Format(target), payload, wait).ConfigureAwait(false);
+    }
+
+    /// <summary>The same over a Unix datagram socket; our socket gets an abstract name so the server can answer.</summary>
+    public static async Task<int> RunUnixAsync(string path, byte[]? payload, TimeSpan wait, TimeSpan connectTimeout)
+    {
+        Socket socket;
+        try
+        {
+            socket = await SocketConnector.ConnectUnixDatagramAsync(path, connectTimeout).ConfigureAwait(false);
+        }
+        catch (ConnectFailedException e)
+        {
+            return Program.Fail(ConnectCommand.ExitCodeOf(e), e.Message);
+        }
+
+        using (socket)
+        {
+            return await ExchangeAsync(socket, "unix datagram " + path, payload, wait).ConfigureAwait(false);
+        }
+    }
+
+    private static async Task<int> ExchangeAsync(Socket socket, string target, byte[]? payload, TimeSpan wait)
+    {
+        Console.Error.WriteLine($"echokit: sending datagrams to {target}");
 
         long sent = 0, received = 0;
         using var stdout = Console.OpenStandardOutput();
@@ -39,7 +63,7 @@ internal static class UdpSession
         {
             try
             {
-                foreach (var datagram in payload is not null ? [payload] : ReadLines(Console.OpenStandardInput()))
+                foreach (var datagram in payload is not null ? [payload] : ReadLines(new BufferedStream(Console.OpenStandardInput())))
                 {
                     await socket.SendAsync(datagram, SocketFlags.None).ConfigureAwait(false);
                     Interlocked.Increment(ref sent);
@@ -78,7 +102,11 @@ internal static class UdpSession
         catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
         {
             return Program.Fail(ExitCodes.ConnectionRefused,
-                $"udp {EndPointText.Format(target)}: Connection refused (ECONNREFUSED): nothing listens there (ICMP port unreachable)");
+                $"{target}: Connection refused (ECONNREFUSED): nothing listens there{(socket.AddressFamily == AddressFamily.Unix ? "" : " (ICMP port unreachable)")}");
+        }
+        catch (SocketException e)
+        {
+            return Program.Fail(ConnectCommand.ExitCodeOf(e.SocketErrorCode), $"{target}: {SocketErrorText.Describe(e.SocketErrorCode)}");
         }
 
         long lost = Math.Max(0, sent - received);

@@ -44,7 +44,7 @@ public sealed class EchoServer : IAsyncDisposable
 
     /// <summary>Where the server listens (with the real port when <see cref="EchoServerOptions.Port"/> was 0).</summary>
     public IReadOnlyList<IPEndPoint> LocalEndPoints =>
-        _listeners.Select(l => l.LocalEndPoint).OfType<IPEndPoint>().Concat(_datagramServices.Select(d => d.LocalEndPoint)).ToArray();
+        _listeners.Select(l => l.LocalEndPoint).Concat(_datagramServices.Select(d => d.LocalEndPoint)).OfType<IPEndPoint>().ToArray();
 
     /// <summary>Connections open right now.</summary>
     public int ActiveConnections => Volatile.Read(ref _activeCount);
@@ -64,7 +64,19 @@ public sealed class EchoServer : IAsyncDisposable
         {
             if (Options.UnixPath is { } path)
             {
-                _listeners.Add(StreamListener.OpenUnix(path, Options.Backlog, Options.UnixMode, _logger));
+                if (Options.Tcp && Options.Udp)
+                {
+                    throw new InvalidOperationException("A Unix socket file is either a stream or a datagram socket: serve one per path.");
+                }
+
+                if (Options.Udp)
+                {
+                    _datagramServices.Add(DatagramEchoService.OpenUnix(path, Options, _logger, PayloadSink));
+                }
+                else
+                {
+                    _listeners.Add(StreamListener.OpenUnix(path, Options.Backlog, Options.UnixMode, _logger));
+                }
             }
             else
             {
@@ -82,7 +94,7 @@ public sealed class EchoServer : IAsyncDisposable
                     {
                         var datagrams = DatagramEchoService.Open(address, port, dualStack: Options.Family is null, Options, _logger, PayloadSink);
                         _datagramServices.Add(datagrams);
-                        port = datagrams.LocalEndPoint.Port;
+                        port = ((IPEndPoint)datagrams.LocalEndPoint).Port;
                     }
                 }
             }
@@ -106,7 +118,10 @@ public sealed class EchoServer : IAsyncDisposable
 
         foreach (var datagrams in _datagramServices)
         {
-            Log.Listening(_logger, "udp " + EndPointText.Format(datagrams.LocalEndPoint) + (datagrams.LocalEndPoint.Address.Equals(IPAddress.IPv6Any) && Options.Family is null ? " (dual-stack: IPv4 and IPv6)" : ""));
+            bool dualStack = datagrams.LocalEndPoint is IPEndPoint ip && ip.Address.Equals(IPAddress.IPv6Any) && Options.Family is null;
+            Log.Listening(_logger, datagrams.UnixPath is not null
+                ? EndPointText.Format(datagrams.LocalEndPoint) + " (datagram)"
+                : "udp " + EndPointText.Format(datagrams.LocalEndPoint) + (dualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
         }
 
         _connectionLimit = EffectiveConnectionLimit();

@@ -26,7 +26,13 @@ public sealed record EchoServerOptions
     /// <summary>Answer UDP datagrams from source ports below 1024 (off: they are a reflection-loop risk).</summary>
     public bool UdpAllowLowPorts { get; init; }
 
-    /// <summary>Listen on this Unix domain stream socket instead of TCP.</summary>
+    /// <summary>
+    /// Largest datagram echoed; larger ones are dropped and counted, never echoed cut short. Null: the
+    /// largest the transport carries (65,507 bytes over IPv4, 65,527 over IPv6, about twice net.core.wmem_max over Unix).
+    /// </summary>
+    public int? MaxDatagramSize { get; init; }
+
+    /// <summary>Listen on this Unix domain socket instead of TCP: a stream socket, or a datagram socket with <see cref="Udp"/> alone.</summary>
     public string? UnixPath { get; init; }
 
     /// <summary>Permissions of the socket file (e.g. 0660), or null for the umask's.</summary>

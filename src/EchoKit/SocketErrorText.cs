@@ -32,6 +32,7 @@ public static class SocketErrorText
         SocketError.NoBufferSpaceAvailable => ("ENOBUFS", "No buffer space available"),
         SocketError.AddressFamilyNotSupported => ("EAFNOSUPPORT", "Address family not supported by protocol"),
         SocketError.ProtocolNotSupported => ("EPROTONOSUPPORT", "Protocol not supported"),
+        SocketError.ProtocolType => ("EPROTOTYPE", "Protocol wrong type for socket"),
         SocketError.InvalidArgument => ("EINVAL", "Invalid argument"),
         SocketError.MessageSize => ("EMSGSIZE", "Message too long"),
         SocketError.NotConnected => ("ENOTCONN", "Transport endpoint is not connected"),

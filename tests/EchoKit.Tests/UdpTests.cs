@@ -55,7 +55,7 @@ public sealed class UdpTests
     }
 
     [Fact]
-    public async Task Tcp_and_udp_are_served_on_one_port_and_nc_u_is_answered()
+    public async Task Tcp_and_udp_are_served_on_one_port_and_nc_u_and_socat_are_answered()
     {
         var (server, port) = await ChildProcess.StartServerAsync("--tcp", "--udp", "--quiet");
         await using (server)
@@ -67,6 +67,34 @@ public sealed class UdpTests
 
             var nc = await ChildProcess.RunProgramAsync("nc", ExitDeadline, "over udp\n"u8.ToArray(), "-u", "-w", "1", "127.0.0.1", port.ToString(CultureInfo.InvariantCulture));
             Assert.Equal("over udp\n", nc.StdoutText);
+
+            var socat = await ChildProcess.RunProgramAsync("socat", ExitDeadline, "socat over udp6\n"u8.ToArray(),
+                "-t", "1", "-", $"UDP6:[::1]:{port}");
+            Assert.Equal("socat over udp6\n", socat.StdoutText);
+        }
+    }
+
+    [Fact]
+    public async Task A_datagram_over_max_datagram_is_dropped_and_counted_and_recv_timeout_bounds_the_client_wait()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--udp", "--quiet", "--max-datagram", "1400");
+        await using (server)
+        {
+            var target = new IPEndPoint(IPAddress.Loopback, port);
+            using var client = UdpClient(IPAddress.Loopback);
+            var exact = ServeProcessTests.RandomBytes(1400);
+            await client.SendToAsync(new byte[1401], target);
+            await client.SendToAsync(exact, target);
+            Assert.Equal(exact, await ReceiveDatagramAsync(client, Deadline)); // the first reply is the 1,400-byte one
+            await server.WaitForStderrAsync("1 dropped as larger than 1400 bytes", Deadline);
+
+            // The client's view of a datagram the server drops: reported as lost after --recv-timeout, not waited on.
+            var started = System.Diagnostics.Stopwatch.StartNew();
+            var lost = await ChildProcess.RunAsync(ExitDeadline, null, "connect", "-u", "127.0.0.1", port.ToString(CultureInfo.InvariantCulture),
+                "--send", new string('x', 1500), "--wait", "30s", "--recv-timeout", "300ms");
+            Assert.Equal(6, lost.ExitCode);
+            Assert.Contains("1 of 1 datagrams got no reply within 300ms", lost.Stderr, StringComparison.Ordinal);
+            Assert.True(started.Elapsed < TimeSpan.FromSeconds(15), $"the client waited {started.Elapsed}, not --recv-timeout");
         }
     }
 
@@ -120,7 +148,7 @@ public sealed class UdpTests
 
             // A bucket of 10 (one second's worth) plus what refills while the burst lasts.
             Assert.InRange(replies, 5, 20);
-            await server.WaitForStderrAsync("over the per-source rate", Deadline);
+            await server.WaitForStderrAsync("dropped over the rate", Deadline);
         }
     }
 
@@ -155,7 +183,7 @@ public sealed class UdpTests
             Assert.Equal(0, oneShot.ExitCode);
             Assert.Equal("ping\n", oneShot.StdoutText);
 
-            await Task.Delay(TimeSpan.FromSeconds(1.5)); // let the 2-per-second bucket refill
+            // ::1 is another source address than 127.0.0.1, so another bucket of 2.
             var lines = await ChildProcess.RunAsync(ExitDeadline, "a\nb\nc\nd\ne\n"u8.ToArray(), "connect", "-u", "::1", p, "--wait", "500ms");
             Assert.Equal(6, lines.ExitCode); // the rate limit answered only some: the rest are reported, not waited for
             Assert.Contains("datagrams got no reply within 500ms", lines.Stderr, StringComparison.Ordinal);

@@ -6,7 +6,7 @@ using System.Net.Sockets;
 namespace EchoKit.Bench;
 
 /// <summary>
-/// One UDP benchmark flow: ping-pong datagrams on a connected socket. Each datagram carries its
+/// One UDP (or Unix datagram) benchmark flow: ping-pong datagrams on a connected socket. Each datagram carries its
 /// sequence number in its first 8 bytes (the rest is pattern), so a reply is matched exactly; a reply
 /// that does not come within <see cref="LossTimeout"/> counts as lost, and a late one is ignored.
 /// </summary>
@@ -37,15 +37,26 @@ internal sealed class UdpLoadConnection : ILoadFlow
 
     public static UdpLoadConnection Open(LoadGenerator owner, int index, EndPoint endPoint)
     {
-        var socket = new Socket(endPoint.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
-        socket.Connect(endPoint);
+        var socket = endPoint is UnixDomainSocketEndPoint
+            ? Client.SocketConnector.OpenUnixDatagram() // named, so that the server can answer
+            : new Socket(endPoint.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        try
+        {
+            socket.Connect(endPoint);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
         return new UdpLoadConnection(owner, socket, owner.StartOffset(index));
     }
 
     public async Task RunAsync()
     {
         var datagram = new byte[_size];
-        var reply = new byte[65_536];
+        var reply = new byte[Math.Max(65_536, _size + 1)]; // room for one byte more than sent: a longer reply is a mismatch, never cut to fit
         long sequence = 0;
         try
         {

@@ -86,6 +86,34 @@ public static class SocketConnector
         ConnectOneAsync(new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified),
             new UnixDomainSocketEndPoint(path), path, 0, timeout, cancellationToken);
 
+    /// <summary>
+    /// A Unix datagram socket connected to <paramref name="path"/>. It is bound first, to a fresh name in
+    /// Linux's abstract namespace (no file to clean up), because a server can only answer a named sender.
+    /// </summary>
+    public static Task<Socket> ConnectUnixDatagramAsync(string path, TimeSpan timeout, CancellationToken cancellationToken = default)
+    {
+        var socket = OpenUnixDatagram();
+        return ConnectOneAsync(socket, new UnixDomainSocketEndPoint(path), path, 0, timeout, cancellationToken);
+    }
+
+    /// <summary>An unconnected Unix datagram socket bound to a unique abstract name, so that replies can reach it.</summary>
+    public static Socket OpenUnixDatagram()
+    {
+        var socket = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+        try
+        {
+            socket.Bind(new UnixDomainSocketEndPoint($"\0echokit-{Environment.ProcessId}-{Interlocked.Increment(ref s_unixNames)}-{Random.Shared.Next():x8}"));
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static long s_unixNames;
+
     /// <summary>One connect with a timeout; on failure the socket is closed and the reason thrown as <see cref="ConnectFailedException"/>.</summary>
     private static async Task<Socket> ConnectOneAsync(Socket socket, EndPoint endPoint, string host, int port, TimeSpan timeout, CancellationToken cancellationToken)
     {
@@ -108,11 +136,16 @@ public static class SocketConnector
         }
         catch (SocketException e)
         {
+            var type = socket.SocketType;
             socket.Dispose();
             // A Unix socket path that does not exist comes back as EADDRNOTAVAIL from .NET; say what it is.
-            string why = endPoint is UnixDomainSocketEndPoint && e.SocketErrorCode == SocketError.AddressNotAvailable
-                ? "No such file or directory (ENOENT)"
-                : SocketErrorText.Describe(e.SocketErrorCode);
+            string why = (endPoint, e.SocketErrorCode) switch
+            {
+                (UnixDomainSocketEndPoint, SocketError.AddressNotAvailable) => "No such file or directory (ENOENT)",
+                (UnixDomainSocketEndPoint, SocketError.ProtocolType) => SocketErrorText.Describe(e.SocketErrorCode)
+                    + (type == SocketType.Dgram ? ": it is a stream socket (leave out --udp)" : ": it is a datagram socket (add --udp)"),
+                _ => SocketErrorText.Describe(e.SocketErrorCode),
+            };
             throw new ConnectFailedException($"connect to {EndPointText.Format(endPoint)} failed: {why}", host, port, e.SocketErrorCode, e);
         }
         catch

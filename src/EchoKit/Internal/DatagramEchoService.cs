@@ -6,17 +6,19 @@ using Microsoft.Extensions.Logging;
 namespace EchoKit.Internal;
 
 /// <summary>
-/// UDP echo (RFC 862): every datagram goes back to its sender unchanged. One asynchronous receive wakes
+/// UDP echo (RFC 862), and the same over a Unix datagram socket: every datagram goes back to its sender unchanged. One asynchronous receive wakes
 /// the loop; then it drains, without blocking, every datagram already queued (many datagrams per
 /// wake-up). Several receives in flight on one socket were measured slower: 11k vs 23k round trips/s
 /// for one flow (bench/udp-compare.sh), the runtime then stops completing inline. Guards against reflection abuse
 /// ("Loop DoS", CVE-2024-2169): datagrams from source ports below 1024 (other services' well-known ports)
 /// are dropped, and each source address gets a token bucket of <see cref="EchoServerOptions.UdpRate"/>
-/// datagrams per second. Drops are counted and logged at most once a second.
+/// datagrams per second. Every receive asks for the datagram's real length (MSG_TRUNC), so a datagram larger
+/// than the buffer is never echoed cut short: it is dropped and counted. Unix datagrams from an unbound
+/// sender have no address to answer to and are dropped and counted too. Drops are logged at most once a second.
 /// </summary>
 internal sealed class DatagramEchoService : IDisposable
 {
-    private const int MaxDatagram = 65_536; // larger than any UDP payload (65,507 over IPv4, 65,527 over IPv6): nothing is truncated
+    private const int MaxUdpDatagram = 65_536; // larger than any UDP payload (65,507 over IPv4, 65,527 over IPv6)
     private const int Loops = 1;
 
     private readonly Socket _socket;
@@ -25,24 +27,38 @@ internal sealed class DatagramEchoService : IDisposable
     private readonly IPayloadSink? _sink;
     private readonly ConcurrentDictionary<IPAddress, TokenBucket> _buckets = new();
     private readonly Task[] _loops;
+    private readonly bool _isUnix;
+    private readonly int _bufferSize;
     private long _echoed;
     private long _droppedLowPort;
     private long _droppedRate;
+    private long _droppedOversize;
+    private long _droppedUnnamed;
     private long _lastWarningTicks = long.MinValue / 2;
     private volatile bool _closed;
 
-    private DatagramEchoService(Socket socket, EchoServerOptions options, ILogger logger, IPayloadSink? sink)
+    private DatagramEchoService(Socket socket, EchoServerOptions options, ILogger logger, IPayloadSink? sink, string? unixPath = null)
     {
         _socket = socket;
         _options = options;
         _logger = logger;
         _sink = sink;
-        LocalEndPoint = (IPEndPoint)socket.LocalEndPoint!;
+        UnixPath = unixPath;
+        _isUnix = unixPath is not null;
+        _bufferSize = options.MaxDatagramSize ?? (_isUnix ? LargestUnixDatagram() : MaxUdpDatagram);
+        LocalEndPoint = socket.LocalEndPoint!;
         socket.Blocking = false; // synchronous calls return EAGAIN instead of waiting; async ones are unaffected
         _loops = Enumerable.Range(0, Loops).Select(_ => Task.Run(ReceiveLoopAsync)).ToArray();
     }
 
-    public IPEndPoint LocalEndPoint { get; }
+    /// <summary>An <see cref="IPEndPoint"/>, or a <see cref="UnixDomainSocketEndPoint"/> for <see cref="OpenUnix"/>.</summary>
+    public EndPoint LocalEndPoint { get; }
+
+    /// <summary>The socket file this service created and removes when it closes; null for UDP.</summary>
+    public string? UnixPath { get; }
+
+    /// <summary>"udp" or "unix datagram", for log lines.</summary>
+    public string Transport => _isUnix ? "unix datagram" : "udp";
 
     public long Echoed => Interlocked.Read(ref _echoed);
 
@@ -69,16 +85,69 @@ internal sealed class DatagramEchoService : IDisposable
         return new DatagramEchoService(socket, options, logger, sink);
     }
 
+    /// <summary>Serves a Unix datagram socket at <paramref name="path"/> (a stale file is replaced, a live one refused).</summary>
+    public static DatagramEchoService OpenUnix(string path, EchoServerOptions options, ILogger logger, IPayloadSink? sink)
+    {
+        UnixSocketFile.RemoveIfStale(path);
+        var endPoint = new UnixDomainSocketEndPoint(path);
+        var socket = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+        try
+        {
+            socket.Bind(endPoint);
+            UnixSocketFile.ApplyMode(path, options.UnixMode);
+        }
+        catch (SocketException e)
+        {
+            socket.Dispose();
+            throw new ListenFailedException("bind", endPoint, e.SocketErrorCode, e);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        return new DatagramEchoService(socket, options, logger, sink, path);
+    }
+
+    /// <summary>
+    /// A Unix datagram can be as large as the sender's SO_SNDBUF, which setsockopt caps at twice
+    /// net.core.wmem_max; a buffer that size takes any datagram an unprivileged sender can send.
+    /// </summary>
+    private static int LargestUnixDatagram()
+    {
+        try
+        {
+            if (int.TryParse(File.ReadAllText("/proc/sys/net/core/wmem_max").Trim(), out int wmemMax) && wmemMax > 0)
+            {
+                return (int)Math.Clamp(2L * wmemMax, MaxUdpDatagram, 16 * 1024 * 1024);
+            }
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+
+        return 2 * 212_992; // Linux's default wmem_max
+    }
+
+    /// <summary>MSG_TRUNC: receives return the datagram's real length even when the buffer was too small.</summary>
+    private const SocketFlags TruncatedLength = SocketFlags.Truncated;
+
     private async Task ReceiveLoopAsync()
     {
-        var buffer = GC.AllocateUninitializedArray<byte>(MaxDatagram, pinned: true);
+        var buffer = GC.AllocateUninitializedArray<byte>(_bufferSize, pinned: true);
         var from = new SocketAddress(_socket.AddressFamily);
+        int addressCapacity = from.Size; // each receive sets Size to the sender's address length (0 for an unbound Unix sender)
         while (!_closed)
         {
             int received;
             try
             {
-                received = await _socket.ReceiveFromAsync(buffer, SocketFlags.None, from).ConfigureAwait(false);
+                from.Size = addressCapacity;
+                received = await _socket.ReceiveFromAsync(buffer, TruncatedLength, from).ConfigureAwait(false);
             }
             catch (SocketException e) when (!_closed && e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionRefused
                 or SocketError.HostUnreachable or SocketError.NetworkUnreachable or SocketError.MessageSize)
@@ -97,7 +166,8 @@ internal sealed class DatagramEchoService : IDisposable
             {
                 while (!_closed && _socket.Available > 0)
                 {
-                    received = _socket.ReceiveFrom(buffer, SocketFlags.None, from);
+                    from.Size = addressCapacity;
+                    received = _socket.ReceiveFrom(buffer, TruncatedLength, from);
                     await EchoAsync(buffer, received, from).ConfigureAwait(false);
                 }
             }
@@ -114,17 +184,36 @@ internal sealed class DatagramEchoService : IDisposable
 
     private async ValueTask EchoAsync(byte[] buffer, int received, SocketAddress from)
     {
-        var sender = (IPEndPoint)LocalEndPoint.Create(from);
-        if (sender.Port < 1024 && !_options.UdpAllowLowPorts)
+        if (received > buffer.Length)
         {
-            Dropped(ref _droppedLowPort);
+            Dropped(ref _droppedOversize); // cut short by the kernel: echoing it would corrupt it silently
             return;
         }
 
-        if (_options.UdpRate > 0 && !_buckets.GetOrAdd(sender.Address, _ => new TokenBucket(_options.UdpRate)).TryTake())
+        if (_isUnix)
         {
-            Dropped(ref _droppedRate);
-            return;
+            if (from.Size <= sizeof(ushort))
+            {
+                Dropped(ref _droppedUnnamed); // an unbound sender: only sa_family, no address to answer to
+                return;
+            }
+        }
+        else
+        {
+            // sockaddr_in and sockaddr_in6 both carry the port in network order at bytes 2 and 3.
+            int port = (from[2] << 8) | from[3];
+            if (port < 1024 && !_options.UdpAllowLowPorts)
+            {
+                Dropped(ref _droppedLowPort);
+                return;
+            }
+
+            if (_options.UdpRate > 0
+                && !_buckets.GetOrAdd(((IPEndPoint)LocalEndPoint.Create(from)).Address, _ => new TokenBucket(_options.UdpRate)).TryTake())
+            {
+                Dropped(ref _droppedRate);
+                return;
+            }
         }
 
         // Non-blocking: a full send buffer drops the reply, which UDP allows, rather than stalling the loop.
@@ -151,8 +240,25 @@ internal sealed class DatagramEchoService : IDisposable
         long last = Interlocked.Read(ref _lastWarningTicks);
         if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastWarningTicks, now, last) == last)
         {
-            Log.UdpDropped(_logger, Interlocked.Read(ref _droppedLowPort), Interlocked.Read(ref _droppedRate));
+            Log.DatagramsDropped(_logger, Transport, DropCounts());
         }
+    }
+
+    private string DropCounts()
+    {
+        var parts = new List<string>();
+        if (!_isUnix)
+        {
+            parts.Add($"{Interlocked.Read(ref _droppedLowPort)} dropped from ports below 1024");
+            parts.Add($"{Interlocked.Read(ref _droppedRate)} dropped over the rate");
+        }
+        else
+        {
+            parts.Add($"{Interlocked.Read(ref _droppedUnnamed)} dropped from unbound senders (no address to answer)");
+        }
+
+        parts.Add($"{Interlocked.Read(ref _droppedOversize)} dropped as larger than {_bufferSize} bytes");
+        return string.Join(", ", parts);
     }
 
     public void Dispose()
@@ -160,7 +266,12 @@ internal sealed class DatagramEchoService : IDisposable
         _closed = true;
         _socket.Dispose();
         Task.WaitAll(_loops, TimeSpan.FromSeconds(5));
-        Log.UdpSummary(_logger, Echoed, Interlocked.Read(ref _droppedLowPort), Interlocked.Read(ref _droppedRate));
+        if (UnixPath is not null)
+        {
+            UnixSocketFile.Remove(UnixPath);
+        }
+
+        Log.DatagramSummary(_logger, Transport, Echoed, DropCounts());
     }
 
     /// <summary>Datagrams per second per source address, with a burst of one second's worth.</summary>

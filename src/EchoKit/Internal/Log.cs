@@ -33,11 +33,11 @@ internal static partial class Log
     [LoggerMessage(10, LogLevel.Error, "connection setup failed: {Error}")]
     public static partial void SetupFailed(ILogger logger, string error);
 
-    [LoggerMessage(11, LogLevel.Warning, "udp datagrams dropped so far: {LowPort} from source ports below 1024, {RateLimited} over the per-source rate")]
-    public static partial void UdpDropped(ILogger logger, long lowPort, long rateLimited);
+    [LoggerMessage(11, LogLevel.Warning, "{Transport}: datagrams not answered so far: {Drops}")]
+    public static partial void DatagramsDropped(ILogger logger, string transport, string drops);
 
-    [LoggerMessage(12, LogLevel.Information, "udp: {Echoed} datagrams echoed, {LowPort} dropped from ports below 1024, {RateLimited} dropped over the rate")]
-    public static partial void UdpSummary(ILogger logger, long echoed, long lowPort, long rateLimited);
+    [LoggerMessage(12, LogLevel.Information, "{Transport}: {Echoed} datagrams echoed, {Drops}")]
+    public static partial void DatagramSummary(ILogger logger, string transport, long echoed, string drops);
 
     [LoggerMessage(8, LogLevel.Information, "stopped ({AllocatedBytes} bytes allocated by the process since it started)")]
     public static partial void Stopped(ILogger logger, long allocatedBytes);

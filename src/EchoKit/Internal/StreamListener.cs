@@ -66,16 +66,10 @@ internal sealed class StreamListener : IDisposable
     /// </summary>
     public static StreamListener OpenUnix(string path, int backlog, UnixFileMode? mode, ILogger logger)
     {
-        var endPoint = new UnixDomainSocketEndPoint(path);
-        RemoveIfStale(path, endPoint);
+        UnixSocketFile.RemoveIfStale(path);
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        var listener = BindAndListen(socket, endPoint, backlog, beforeBind: null, afterBind: () =>
-        {
-            if (mode is { } permissions && !OperatingSystem.IsWindows())
-            {
-                File.SetUnixFileMode(path, permissions);
-            }
-        }, logger);
+        var listener = BindAndListen(socket, new UnixDomainSocketEndPoint(path), backlog, beforeBind: null,
+            afterBind: () => UnixSocketFile.ApplyMode(path, mode), logger);
         listener.UnixPath = path;
         return listener;
     }
@@ -104,34 +98,6 @@ internal sealed class StreamListener : IDisposable
         }
 
         return new StreamListener(socket, logger);
-    }
-
-    private static void RemoveIfStale(string path, UnixDomainSocketEndPoint endPoint)
-    {
-        if (!File.Exists(path) && !Directory.Exists(path))
-        {
-            return;
-        }
-
-        if (FileKind.IsSocket(path) != true)
-        {
-            // Never delete what may be someone's file (connect() to a regular file says ECONNREFUSED too).
-            throw new ListenFailedException("bind", endPoint, SocketError.AddressAlreadyInUse,
-                new IOException($"{path} exists and is not a socket"));
-        }
-
-        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            probe.Connect(endPoint);
-        }
-        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
-        {
-            File.Delete(path); // a socket nobody listens on: left by a server that did not clean up
-            return;
-        }
-
-        throw new ListenFailedException("bind", endPoint, SocketError.AddressAlreadyInUse); // a live server owns it
     }
 
     private static void Bind(Socket socket, EndPoint endPoint)
@@ -222,14 +188,7 @@ internal sealed class StreamListener : IDisposable
         _socket.Dispose();
         if (UnixPath is not null)
         {
-            try
-            {
-                File.Delete(UnixPath);
-            }
-            catch (IOException)
-            {
-                // Someone else removed or replaced it.
-            }
+            UnixSocketFile.Remove(UnixPath);
         }
     }
 }
