@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
 using EchoKit.Internal;
+using EchoKit.Internal.Epoll;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -23,6 +24,8 @@ public sealed class EchoServer : IAsyncDisposable
     private readonly ConcurrentDictionary<long, EchoConnection> _connections = new();
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private ConnectionHeartbeat? _heartbeat;
+    private EpollLoop[]? _loops;
+    private (int Limit, byte[] Line)? _busyLine;
     private int _connectionLimit; // 0: unlimited
     private List<Microsoft.Win32.SafeHandles.SafeFileHandle>? _reserve; // spare descriptors, freed at EMFILE
     private long _nextId;
@@ -132,6 +135,19 @@ public sealed class EchoServer : IAsyncDisposable
             Log.Listening(_logger, EndPointText.Format(listener.LocalEndPoint) + (listener.IsDualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
         }
 
+        if (UsesEpoll)
+        {
+            var descriptors = _listeners.Select(l => l.DescriptorForEpoll()).ToArray();
+            int count = Options.EngineLoops > 0 ? Options.EngineLoops : Environment.ProcessorCount;
+            _loops = new EpollLoop[_listeners.Count == 0 ? 0 : count];
+            for (int i = 0; i < _loops.Length; i++)
+            {
+                _loops[i] = new EpollLoop(i, this, _logger, descriptors);
+            }
+
+            return;
+        }
+
         if (Options.IdleTimeout > TimeSpan.Zero || Options.SendTimeout > TimeSpan.Zero)
         {
             _heartbeat = new ConnectionHeartbeat(Options.IdleTimeout, Options.SendTimeout,
@@ -143,6 +159,17 @@ public sealed class EchoServer : IAsyncDisposable
             _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(OnAccepted, OnDescriptorsExhausted)));
         }
     }
+
+    /// <summary>Whether this machine can run the epoll engine.</summary>
+    public static bool EpollSupported => Native.IsSupported;
+
+    /// <summary>Whether stream connections run on the epoll engine (<see cref="EchoEngine"/>).</summary>
+    public bool UsesEpoll => Options.Engine switch
+    {
+        EchoEngine.Socket => false,
+        EchoEngine.Epoll => Native.IsSupported ? true : throw new PlatformNotSupportedException("The epoll engine runs on Linux x86-64 only."),
+        _ => Native.IsSupported,
+    };
 
     /// <summary>The connection limit in force: --max-connections, lowered to what the descriptor limit allows.</summary>
     public int ConnectionLimit => _connectionLimit;
@@ -175,23 +202,75 @@ public sealed class EchoServer : IAsyncDisposable
         };
     }
 
-    private void OnAccepted(Socket socket)
+    internal enum Admission
     {
-        long id = Interlocked.Increment(ref _nextId);
+        Admitted,
+        Busy,
+        Stopping,
+    }
+
+    /// <summary>Counts a new connection in, or says why not: over the limit, or accepted as the server stops.</summary>
+    internal Admission Admit(out long id)
+    {
+        id = Interlocked.Increment(ref _nextId);
         int count = Interlocked.Increment(ref _activeCount);
         if (_connectionLimit > 0 && count > _connectionLimit)
         {
             Interlocked.Decrement(ref _activeCount);
-            RefuseBusy(socket);
-            return;
+            return Admission.Busy;
         }
 
         if (Volatile.Read(ref _state) != 1)
         {
-            // Accepted in the instant the listener was closing.
             Interlocked.Decrement(ref _activeCount);
-            socket.Dispose();
-            return;
+            return Admission.Stopping;
+        }
+
+        return Admission.Admitted;
+    }
+
+    /// <summary>The line a connection over the limit gets before it is closed.</summary>
+    internal byte[] BusyLine()
+    {
+        var cached = _busyLine;
+        int limit = _connectionLimit; // lowered at EMFILE, so cached per value
+        if (cached is not { } line || line.Limit != limit)
+        {
+            _busyLine = cached = (limit, System.Text.Encoding.ASCII.GetBytes($"server busy: {limit} connections\n"));
+        }
+
+        return cached.Value.Line;
+    }
+
+    internal void ReportAccepted(long id, EndPoint? peer) => Log.Accepted(_logger, id, EndPointText.Format(peer));
+
+    internal void ReportBusy(EndPoint? peer)
+    {
+        Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit);
+        ConnectionClosed?.Invoke(new ClosedConnection(0, peer, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
+    }
+
+    internal void ReportAbortingAtShutdown(int count) => Log.AbortingAtShutdown(_logger, count);
+
+    /// <summary>A connection has ended: uncounted, logged, and announced.</summary>
+    internal void ReportClosed(ClosedConnection closed)
+    {
+        Interlocked.Decrement(ref _activeCount);
+        Log.Closed(_logger, closed.Id, EndPointText.Format(closed.Peer), Log.ReasonText(closed.Reason, closed.Error),
+            closed.BytesIn, closed.BytesOut, (long)closed.Duration.TotalMilliseconds);
+        ConnectionClosed?.Invoke(closed);
+    }
+
+    private void OnAccepted(Socket socket)
+    {
+        switch (Admit(out long id))
+        {
+            case Admission.Busy:
+                RefuseBusy(socket);
+                return;
+            case Admission.Stopping:
+                socket.Dispose(); // accepted in the instant the listener was closing
+                return;
         }
 
         try
@@ -220,7 +299,7 @@ public sealed class EchoServer : IAsyncDisposable
     /// descriptors it needs to keep running, and lower the connection limit below what is open now,
     /// so that further accepts are answered "server busy" and closed instead of eating the spares.
     /// </summary>
-    private void OnDescriptorsExhausted()
+    internal void OnDescriptorsExhausted()
     {
         var reserve = Interlocked.Exchange(ref _reserve, null);
         if (reserve is null)
@@ -240,12 +319,11 @@ public sealed class EchoServer : IAsyncDisposable
 
     private void RefuseBusy(Socket socket)
     {
-        var peerEndPoint = EndPointText.PeerOf(socket);
-        var peer = EndPointText.Format(peerEndPoint);
+        var peer = EndPointText.PeerOf(socket);
         try
         {
             socket.Blocking = false;
-            socket.Send(System.Text.Encoding.ASCII.GetBytes($"server busy: {_connectionLimit} connections\n"), SocketFlags.None, out _);
+            socket.Send(BusyLine(), SocketFlags.None, out _);
             socket.Shutdown(SocketShutdown.Send);
         }
         catch (SocketException)
@@ -257,22 +335,18 @@ public sealed class EchoServer : IAsyncDisposable
             socket.Dispose();
         }
 
-        Log.Busy(_logger, peer, _connectionLimit);
-        ConnectionClosed?.Invoke(new ClosedConnection(0, peerEndPoint, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
+        ReportBusy(peer);
     }
 
     internal void OnConnectionClosed(EchoConnection connection, ClosedConnection closed)
     {
         _connections.TryRemove(connection.Id, out _);
-        Interlocked.Decrement(ref _activeCount);
         if (Volatile.Read(ref _state) == 2 && _connections.IsEmpty)
         {
             _drained.TrySetResult();
         }
 
-        Log.Closed(_logger, closed.Id, EndPointText.Format(closed.Peer), Log.ReasonText(closed.Reason, closed.Error),
-            closed.BytesIn, closed.BytesOut, (long)closed.Duration.TotalMilliseconds);
-        ConnectionClosed?.Invoke(closed);
+        ReportClosed(closed);
     }
 
     /// <summary>
@@ -291,6 +365,12 @@ public sealed class EchoServer : IAsyncDisposable
 
     private async Task StopCoreAsync()
     {
+        if (_loops is { } loops)
+        {
+            await StopLoopsAsync(loops).ConfigureAwait(false);
+            return;
+        }
+
         foreach (var listener in _listeners)
         {
             listener.Dispose();
@@ -338,6 +418,32 @@ public sealed class EchoServer : IAsyncDisposable
         }
 
         _heartbeat?.Dispose();
+        Log.Stopped(_logger, GC.GetTotalAllocatedBytes(precise: true));
+    }
+
+    /// <summary>The epoll engine's graceful stop: the loops stop accepting, drain, and exit.</summary>
+    private async Task StopLoopsAsync(EpollLoop[] loops)
+    {
+        await Task.WhenAll(loops.Select(l => l.StopAcceptingAsync())).ConfigureAwait(false);
+        foreach (var listener in _listeners)
+        {
+            listener.Dispose(); // no loop accepts from it any more
+        }
+
+        foreach (var datagrams in _datagramServices)
+        {
+            datagrams.Dispose();
+        }
+
+        Log.ShuttingDown(_logger, ActiveConnections, (long)Options.ShutdownTimeout.TotalMilliseconds);
+        long deadline = Environment.TickCount64 + (long)Options.ShutdownTimeout.TotalMilliseconds;
+        long quietMs = Math.Min(DrainQuietMs, (long)Options.ShutdownTimeout.TotalMilliseconds / 4);
+        foreach (var loop in loops)
+        {
+            loop.Drain(deadline, quietMs);
+        }
+
+        await Task.WhenAll(loops.Select(l => l.Exited)).ConfigureAwait(false);
         Log.Stopped(_logger, GC.GetTotalAllocatedBytes(precise: true));
     }
 

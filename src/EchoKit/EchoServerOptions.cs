@@ -62,6 +62,23 @@ public sealed record EchoServerOptions
     /// <summary>A send that makes no progress for this long closes the connection; <see cref="TimeSpan.Zero"/> disables.</summary>
     public TimeSpan SendTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>How stream connections (TCP, Unix) are served; see <see cref="EchoEngine"/>.</summary>
+    public EchoEngine Engine { get; init; } = EchoEngine.Auto;
+
+    /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
+    public int EngineLoops { get; init; }
+
     /// <summary>Disable Nagle on accepted sockets, so that echoes leave at once.</summary>
     public bool NoDelay { get; init; } = true;
+}
+
+/// <summary>The machinery behind stream connections.</summary>
+public enum EchoEngine
+{
+    /// <summary>Epoll where it runs (Linux x86-64), else Socket.</summary>
+    Auto,
+    /// <summary>Our own epoll event loops over non-blocking descriptors: the fastest, Linux x86-64 only.</summary>
+    Epoll,
+    /// <summary>.NET's portable Socket API (async waits, non-blocking calls): runs everywhere.</summary>
+    Socket,
 }

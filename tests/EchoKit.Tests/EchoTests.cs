@@ -6,12 +6,26 @@ using static EchoKit.Tests.Infrastructure.Loopback;
 
 namespace EchoKit.Tests;
 
-/// <summary>The echo engine in process, over real loopback sockets (IPv4 and IPv6).</summary>
-public sealed class EchoTests
+/// <summary>The epoll engine (the default on Linux x86-64) in process.</summary>
+public sealed class EpollEchoTests : EchoTests
 {
-    private static Task<EchoServer> StartAsync(EchoServerOptions? options = null)
+    protected override EchoEngine Engine => EchoEngine.Epoll;
+}
+
+/// <summary>The portable Socket engine in process.</summary>
+public sealed class SocketEchoTests : EchoTests
+{
+    protected override EchoEngine Engine => EchoEngine.Socket;
+}
+
+/// <summary>The echo engine in process, over real loopback sockets (IPv4 and IPv6); run once per engine.</summary>
+public abstract class EchoTests
+{
+    protected abstract EchoEngine Engine { get; }
+
+    private Task<EchoServer> StartAsync(EchoServerOptions? options = null)
     {
-        var server = new EchoServer((options ?? new EchoServerOptions()) with { Port = 0 });
+        var server = new EchoServer((options ?? new EchoServerOptions()) with { Port = 0, Engine = Engine });
         server.Start();
         return Task.FromResult(server);
     }

@@ -63,10 +63,12 @@ public sealed class ReliabilityTests
         Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
     }
 
-    [Fact]
-    public async Task Max_connections_refuses_one_more_with_a_line_keeps_the_others_and_recovers()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task Max_connections_refuses_one_more_with_a_line_keeps_the_others_and_recovers(string engine)
     {
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--max-connections", "3");
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting", "--max-connections", "3");
         await using (server)
         {
             var clients = new List<Socket>();
@@ -99,11 +101,13 @@ public sealed class ReliabilityTests
         }
     }
 
-    [Fact]
-    public async Task Idle_timeout_reaps_a_silent_connection_between_D_and_2D_and_spares_one_that_sends_every_D_over_4()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task Idle_timeout_reaps_a_silent_connection_between_D_and_2D_and_spares_one_that_sends_every_D_over_4(string engine)
     {
         var idle = TimeSpan.FromMilliseconds(1500);
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--idle-timeout", "1500ms");
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--idle-timeout", "1500ms");
         await using (server)
         {
             var started = DateTime.UtcNow;
@@ -133,10 +137,12 @@ public sealed class ReliabilityTests
         }
     }
 
-    [Fact]
-    public async Task Send_timeout_resets_a_client_that_stops_reading()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task Send_timeout_resets_a_client_that_stops_reading(string engine)
     {
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--send-timeout", "1s");
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting", "--send-timeout", "1s");
         await using (server)
         {
             using var hog = await ConnectAsync(port);
@@ -170,10 +176,12 @@ public sealed class ReliabilityTests
         }
     }
 
-    [Fact]
-    public async Task A_client_that_sends_without_reading_is_throttled_by_TCP_memory_stays_flat_and_others_are_served_at_once()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task A_client_that_sends_without_reading_is_throttled_by_TCP_memory_stays_flat_and_others_are_served_at_once(string engine)
     {
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--send-timeout", "0");
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting", "--send-timeout", "0");
         await using (server)
         {
             using var probe = await ConnectAsync(port);
@@ -221,10 +229,12 @@ public sealed class ReliabilityTests
         }
     }
 
-    [Fact]
-    public async Task A_stdout_nobody_reads_slows_the_echo_instead_of_growing_memory_and_loses_no_byte()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task A_stdout_nobody_reads_slows_the_echo_instead_of_growing_memory_and_loses_no_byte(string engine)
     {
-        var (server, port) = await ChildProcess.StartServerAsync(stdoutPaused: true, "--no-greeting", "--send-timeout", "0");
+        var (server, port) = await ChildProcess.StartServerAsync(stdoutPaused: true, "--engine", engine, "--no-greeting", "--send-timeout", "0");
         await using (server)
         {
             long rssBefore = ProcStats.ResidentBytes(server.Pid);
@@ -267,13 +277,15 @@ public sealed class ReliabilityTests
         }
     }
 
-    [Fact]
-    public async Task When_the_descriptor_limit_drops_under_a_running_server_accept_backs_off_without_spinning_and_recovers()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task When_the_descriptor_limit_drops_under_a_running_server_accept_backs_off_without_spinning_and_recovers(string engine)
     {
         // The limit is lowered after start (prlimit --pid), so the budget taken at start no longer
         // protects the server: the accept loop itself meets EMFILE.
         Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting");
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting");
         await using (server)
         {
             var lowered = await ChildProcess.RunProgramAsync("/usr/bin/prlimit", ExitDeadline, null,
@@ -304,12 +316,14 @@ public sealed class ReliabilityTests
         }
     }
 
-    [Fact]
-    public async Task With_only_256_descriptors_600_clients_are_served_or_told_busy_the_server_idles_and_recovers()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task With_only_256_descriptors_600_clients_are_served_or_told_busy_the_server_idles_and_recovers(string engine)
     {
         Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");
         await using var server = ChildProcess.StartProgram("/usr/bin/prlimit", "--nofile=256:256", "--",
-            "dotnet", ChildProcess.CliPath, "serve", "--port", "0", "--quiet", "--no-greeting");
+            "dotnet", ChildProcess.CliPath, "serve", "--port", "0", "--quiet", "--no-greeting", "--engine", engine);
         string line = await server.WaitForStderrAsync("listening on", Deadline);
         int port = int.Parse(line[(line.LastIndexOf("]:", StringComparison.Ordinal) + 2)..].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
 
@@ -338,10 +352,12 @@ public sealed class ReliabilityTests
         Assert.False(server.HasExited);
     }
 
-    [Fact]
-    public async Task Connect_close_churn_and_an_RST_storm_leak_no_descriptors_or_memory()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task Connect_close_churn_and_an_RST_storm_leak_no_descriptors_or_memory(string engine)
     {
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet");
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet");
         await using (server)
         {
             // Warm up every path once (the runtime opens some assemblies lazily, which costs

@@ -10,10 +10,12 @@ public sealed class ServeProcessTests
 {
     private static readonly TimeSpan ExitDeadline = TimeSpan.FromSeconds(20);
 
-    [Fact]
-    public async Task Received_bytes_go_raw_to_stdout_and_events_to_stderr()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task Received_bytes_go_raw_to_stdout_and_events_to_stderr(string engine)
     {
-        var (server, port) = await ChildProcess.StartServerAsync();
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine);
         await using (server)
         {
             byte[] payload = [0, 1, 2, 0xFF, 0xFB, (byte)'h', (byte)'i', (byte)'\n'];
@@ -53,10 +55,12 @@ public sealed class ServeProcessTests
         }
     }
 
-    [Fact]
-    public async Task SIGTERM_mid_stream_echoes_what_was_in_flight_closes_with_FIN_and_exits_0()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task SIGTERM_mid_stream_echoes_what_was_in_flight_closes_with_FIN_and_exits_0(string engine)
     {
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--shutdown-timeout", "10s");
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting", "--shutdown-timeout", "10s");
         await using (server)
         {
             var clients = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => ConnectAsync(port)));
@@ -98,10 +102,12 @@ public sealed class ServeProcessTests
         }
     }
 
-    [Fact]
-    public async Task A_client_that_never_finishes_is_aborted_at_the_shutdown_timeout_and_the_exit_code_is_still_0()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task A_client_that_never_finishes_is_aborted_at_the_shutdown_timeout_and_the_exit_code_is_still_0(string engine)
     {
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--shutdown-timeout", "1s");
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting", "--shutdown-timeout", "1s");
         await using (server)
         {
             using var stubborn = await ConnectAsync(port);

@@ -112,6 +112,16 @@ internal sealed class StreamListener : IDisposable
         }
     }
 
+    /// <summary>
+    /// The listening descriptor, made non-blocking, for the epoll engine to accept from (it must then
+    /// not be used with <see cref="AcceptLoopAsync"/>). Valid until <see cref="Dispose"/>.
+    /// </summary>
+    public (int Fd, bool Tcp) DescriptorForEpoll()
+    {
+        _socket.Blocking = false;
+        return ((int)_socket.Handle, _socket.ProtocolType == ProtocolType.Tcp);
+    }
+
     /// <summary>Accepts until <see cref="Dispose"/>; hands each socket to <paramref name="onAccepted"/>.</summary>
     public async Task AcceptLoopAsync(Action<Socket> onAccepted, Action onDescriptorsExhausted)
     {

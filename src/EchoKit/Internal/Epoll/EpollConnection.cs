@@ -1,0 +1,61 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace EchoKit.Internal.Epoll;
+
+/// <summary>
+/// One connection of an <see cref="EpollLoop"/>: a descriptor and its state, touched only by its loop's
+/// thread. An idle connection holds no buffer: bytes the peer would not take are kept in a pooled
+/// buffer only until they are sent, and reading stops meanwhile (so TCP throttles a peer that does not read).
+/// </summary>
+internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? peer, long nowTicks)
+{
+    public int Fd { get; } = fd;
+
+    /// <summary>Tells this connection from a later one that reuses the descriptor number.</summary>
+    public uint Serial { get; } = serial;
+
+    public long Id { get; } = id;
+
+    public EndPoint? Peer { get; } = peer;
+
+    public long StartTimestamp { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
+
+    /// <summary>Bytes received but not yet sent back (the peer's receive window was full).</summary>
+    public byte[]? Pending;
+
+    public int PendingOffset;
+
+    public int PendingLength;
+
+    /// <summary>Environment.TickCount64 of the last byte received (or of the accept).</summary>
+    public long LastReceiveTicks = nowTicks;
+
+    /// <summary>Environment.TickCount64 when sending last made no progress; 0 while nothing is pending.</summary>
+    public long SendBlockedTicks;
+
+    /// <summary>The events registered with epoll; 0 while not registered.</summary>
+    public uint Events;
+
+    /// <summary>The stdout sink is full: no reading until it takes more.</summary>
+    public bool SinkBlocked;
+
+    /// <summary>The peer sent FIN; the connection ends once its pending bytes are sent.</summary>
+    public bool PeerEof;
+
+    /// <summary>We sent FIN (graceful stop): what still arrives is read and dropped until the peer closes.</summary>
+    public bool FinSent;
+
+    public long BytesIn;
+
+    public long BytesOut;
+
+    public SocketError Error;
+
+    public int PendingBytes => PendingLength - PendingOffset;
+
+    /// <summary>EPOLLIN normally; EPOLLOUT alone while bytes wait to be sent; nothing while the sink is full.</summary>
+    public uint WantedEvents => PendingBytes > 0 ? Native.EPOLLOUT : SinkBlocked ? 0 : Native.EPOLLIN;
+
+    public ulong Token => ((ulong)Serial << 32) | (uint)Fd;
+}

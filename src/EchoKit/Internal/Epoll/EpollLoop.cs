@@ -1,0 +1,701 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+
+namespace EchoKit.Internal.Epoll;
+
+/// <summary>
+/// One event loop of the epoll engine: a dedicated thread that waits in epoll_wait (level-triggered)
+/// and does everything for its connections itself — accept4, recv into one shared buffer, send straight
+/// back — with no hop to another thread, no per-operation object and nothing allocated per message.
+/// It is the design of the C epoll baseline (../shared/bench/baselines/epoll.c), with every guarantee
+/// of the Socket engine kept:
+/// - backpressure: bytes a peer does not take are kept (one buffer's worth at most) and reading stops
+///   until they are sent; the stdout sink, when full, also stops reading until it takes more;
+/// - timeouts (idle, send) and the graceful drain are checked on the loop's own tick, not by timers;
+/// - EMFILE/ENFILE at accept take the listeners out of the loop for a back-off (5 ms doubling to 1 s),
+///   so a full descriptor table never makes the loop spin;
+/// - a descriptor number reused by a new connection is told apart by a serial in the epoll token.
+/// Other threads talk to the loop only through <see cref="Post"/> (a queue and an eventfd).
+/// </summary>
+internal sealed unsafe class EpollLoop
+{
+    private const int MaxEvents = 256;
+    private const int AcceptBatch = 64;
+    private const ulong ListenerFlag = 1UL << 63;
+    private const ulong WakeToken = ulong.MaxValue;
+    private static readonly TimeSpan MinBackoff = TimeSpan.FromMilliseconds(5);
+    private static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(1);
+
+    private readonly EchoServer _server;
+    private readonly ILogger _logger;
+    private readonly (int Fd, bool Tcp)[] _listeners;
+    private readonly int _epoll;
+    private readonly int _wake;
+    private readonly byte[] _buffer;
+    private readonly byte* _bufferPointer;
+    private readonly ConcurrentQueue<Action> _commands = new();
+    private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly long _idleMs;
+    private readonly long _sendMs;
+    private readonly int _timeoutTickMs;
+    private EpollConnection?[] _byFd = new EpollConnection?[1024];
+    private int _count;
+    private uint _nextSerial;
+    private bool _listening;
+    private bool _stopAccepting;
+    private TimeSpan _backoff = MinBackoff;
+    private long _acceptResumeTicks;
+    private long _lastAcceptLogTicks = long.MinValue / 2;
+    private long _suppressedAcceptLogs;
+    private bool _draining;
+    private long _drainDeadlineTicks;
+    private long _quietMs;
+    private long _nextTickTicks;
+
+    public EpollLoop(int index, EchoServer server, ILogger logger, (int Fd, bool Tcp)[] listeners)
+    {
+        _server = server;
+        _logger = logger;
+        _listeners = listeners;
+        var options = server.Options;
+        _idleMs = (long)options.IdleTimeout.TotalMilliseconds;
+        _sendMs = (long)options.SendTimeout.TotalMilliseconds;
+        _timeoutTickMs = _idleMs > 0 || _sendMs > 0
+            ? (int)ConnectionHeartbeat.PickInterval(options.IdleTimeout, options.SendTimeout).TotalMilliseconds
+            : -1;
+        _buffer = GC.AllocateUninitializedArray<byte>(options.ReceiveBufferSize, pinned: true);
+        _bufferPointer = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_buffer));
+
+        _epoll = Native.EpollCreate1(Native.EPOLL_CLOEXEC);
+        if (_epoll < 0)
+        {
+            throw new SocketException(Native.LastError);
+        }
+
+        _wake = Native.EventFd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
+        if (_wake < 0 || Control(Native.EPOLL_CTL_ADD, _wake, Native.EPOLLIN, WakeToken) < 0)
+        {
+            int errno = Native.LastError;
+            Native.Close(_epoll);
+            if (_wake >= 0)
+            {
+                Native.Close(_wake);
+            }
+
+            throw new SocketException(errno);
+        }
+
+        ListenerAdd();
+        var thread = new Thread(Run) { IsBackground = true, Name = $"echokit-epoll-{index}" };
+        thread.UnsafeStart();
+    }
+
+    /// <summary>Completes when the loop has ended (after a drain) and its descriptors are closed.</summary>
+    public Task Exited => _exited.Task;
+
+    /// <summary>Runs <paramref name="command"/> on the loop's thread.</summary>
+    public void Post(Action command)
+    {
+        _commands.Enqueue(command);
+        ulong one = 1;
+        Native.Write(_wake, &one, sizeof(ulong));
+    }
+
+    /// <summary>Takes the listeners out of this loop for good; completes once the loop will not accept again.</summary>
+    public Task StopAcceptingAsync()
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Post(() =>
+        {
+            _stopAccepting = true;
+            ListenerRemove();
+            done.TrySetResult();
+        });
+        return done.Task;
+    }
+
+    /// <summary>
+    /// Graceful stop: each connection gets our FIN once it has echoed everything and been quiet for
+    /// <paramref name="quietMs"/>, and ends when the peer closes; at <paramref name="deadlineTicks"/> what
+    /// is left is reset. The loop then exits.
+    /// </summary>
+    public void Drain(long deadlineTicks, long quietMs) => Post(() =>
+    {
+        _draining = true;
+        _drainDeadlineTicks = deadlineTicks;
+        _quietMs = quietMs;
+        _nextTickTicks = 0;
+    });
+
+    private void Run()
+    {
+        var events = (Native.EpollEvent*)NativeMemory.Alloc(MaxEvents, (nuint)sizeof(Native.EpollEvent));
+        try
+        {
+            while (!(_draining && _count == 0))
+            {
+                int n = Native.EpollWait(_epoll, events, MaxEvents, WaitMs());
+                if (n < 0)
+                {
+                    int errno = Native.LastError;
+                    if (errno == Native.EINTR)
+                    {
+                        continue;
+                    }
+
+                    throw new SocketException(errno);
+                }
+
+                for (int i = 0; i < n; i++)
+                {
+                    Dispatch(events[i].Data, events[i].Events);
+                }
+
+                long now = Environment.TickCount64;
+                if (now >= _nextTickTicks)
+                {
+                    Tick(now);
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            // Not expected; never leave the server waiting for a loop that is gone.
+            Log.SetupFailed(_logger, "event loop: " + e.Message);
+        }
+        finally
+        {
+            NativeMemory.Free(events);
+            AbortAll(CloseReason.Error);
+            Native.Close(_epoll);
+            Native.Close(_wake);
+            _exited.TrySetResult();
+        }
+    }
+
+    /// <summary>How long epoll_wait may sleep: until the next tick when one is due, forever otherwise.</summary>
+    private int WaitMs()
+    {
+        if (_nextTickTicks == long.MaxValue)
+        {
+            return -1;
+        }
+
+        long wait = _nextTickTicks - Environment.TickCount64;
+        return wait <= 0 ? 0 : (int)Math.Min(wait, int.MaxValue);
+    }
+
+    private void Dispatch(ulong token, uint events)
+    {
+        if (token == WakeToken)
+        {
+            ulong value;
+            Native.Read(_wake, &value, sizeof(ulong));
+            while (_commands.TryDequeue(out var command))
+            {
+                command();
+            }
+
+            return;
+        }
+
+        if ((token & ListenerFlag) != 0)
+        {
+            var listener = _listeners[(int)(uint)token];
+            AcceptBatchFrom(listener.Fd, listener.Tcp);
+            return;
+        }
+
+        int fd = (int)(uint)token;
+        var connection = fd < _byFd.Length ? _byFd[fd] : null;
+        if (connection is null || connection.Token != token)
+        {
+            return; // closed earlier in this batch
+        }
+
+        if ((events & Native.EPOLLOUT) != 0 || (connection.PendingBytes > 0 && (events & (Native.EPOLLERR | Native.EPOLLHUP)) != 0))
+        {
+            OnWritable(connection);
+        }
+        else
+        {
+            OnReadable(connection); // EPOLLIN, or HUP/ERR: recv reports EOF or the error
+        }
+    }
+
+    private void OnReadable(EpollConnection c)
+    {
+        nint n = Native.Recv(c.Fd, _bufferPointer, (nuint)_buffer.Length, 0);
+        if (n > 0)
+        {
+            c.LastReceiveTicks = Environment.TickCount64;
+            c.BytesIn += n;
+            if (c.FinSent)
+            {
+                return; // we said goodbye at shutdown; drop what still arrives
+            }
+
+            if (!WriteOrKeep(c, _bufferPointer, (int)n) || _server.PayloadSink is not { } sink)
+            {
+                return;
+            }
+
+            var written = sink.WriteAsync(c.Id, _buffer.AsMemory(0, (int)n)); // the sink copies before it returns
+            if (written.IsCompletedSuccessfully)
+            {
+                return;
+            }
+
+            PauseForSink(c, written);
+        }
+        else if (n == 0)
+        {
+            c.PeerEof = true;
+            if (c.PendingBytes == 0)
+            {
+                Close(c, c.FinSent ? CloseReason.ServerShutdown : CloseReason.PeerClosed, Ending.SendFin);
+            }
+            else
+            {
+                UpdateEvents(c); // finish sending, then close
+            }
+        }
+        else
+        {
+            int errno = Native.LastError;
+            if (errno != Native.EAGAIN && errno != Native.EINTR)
+            {
+                Fail(c, errno);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The sink is full: stop reading until it has taken this chunk. A method of its own, so that the
+    /// closure is allocated only here and not on every read (C# allocates it where its variables' scope begins).
+    /// </summary>
+    private void PauseForSink(EpollConnection c, ValueTask written)
+    {
+        c.SinkBlocked = true;
+        UpdateEvents(c);
+        int fd = c.Fd;
+        uint serial = c.Serial;
+        written.AsTask().ContinueWith(_ => Post(() => ResumeAfterSink(fd, serial)), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+    }
+
+    private void ResumeAfterSink(int fd, uint serial)
+    {
+        var c = fd < _byFd.Length ? _byFd[fd] : null;
+        if (c is not null && c.Serial == serial)
+        {
+            c.SinkBlocked = false;
+            UpdateEvents(c);
+        }
+    }
+
+    /// <summary>Sends all it can now; what the peer does not take is kept and reading stops. False if the connection ended.</summary>
+    private bool WriteOrKeep(EpollConnection c, byte* data, int length)
+    {
+        while (length > 0)
+        {
+            nint sent = Native.Send(c.Fd, data, (nuint)length, Native.MSG_NOSIGNAL);
+            if (sent > 0)
+            {
+                c.BytesOut += sent;
+                data += sent;
+                length -= (int)sent;
+                continue;
+            }
+
+            int errno = Native.LastError;
+            if (errno == Native.EINTR)
+            {
+                continue;
+            }
+
+            if (errno != Native.EAGAIN)
+            {
+                Fail(c, errno);
+                return false;
+            }
+
+            var pending = ArrayPool<byte>.Shared.Rent(Math.Max(length, 4096));
+            new ReadOnlySpan<byte>(data, length).CopyTo(pending);
+            c.Pending = pending;
+            c.PendingOffset = 0;
+            c.PendingLength = length;
+            c.SendBlockedTicks = Environment.TickCount64;
+            UpdateEvents(c);
+            return true;
+        }
+
+        return true;
+    }
+
+    private void OnWritable(EpollConnection c)
+    {
+        fixed (byte* pending = c.Pending)
+        {
+            while (c.PendingBytes > 0)
+            {
+                nint sent = Native.Send(c.Fd, pending + c.PendingOffset, (nuint)c.PendingBytes, Native.MSG_NOSIGNAL);
+                if (sent > 0)
+                {
+                    c.BytesOut += sent;
+                    c.PendingOffset += (int)sent;
+                    c.SendBlockedTicks = Environment.TickCount64; // progress: the send timeout counts from here
+                    continue;
+                }
+
+                int errno = Native.LastError;
+                if (errno == Native.EINTR)
+                {
+                    continue;
+                }
+
+                if (errno != Native.EAGAIN)
+                {
+                    Fail(c, errno);
+                }
+
+                return; // still full: EPOLLOUT stays armed
+            }
+        }
+
+        ReleasePending(c);
+        if (c.PeerEof)
+        {
+            Close(c, c.FinSent ? CloseReason.ServerShutdown : CloseReason.PeerClosed, Ending.SendFin);
+            return;
+        }
+
+        UpdateEvents(c);
+    }
+
+    private static void ReleasePending(EpollConnection c)
+    {
+        if (c.Pending is { } pending)
+        {
+            ArrayPool<byte>.Shared.Return(pending);
+        }
+
+        c.Pending = null;
+        c.PendingOffset = c.PendingLength = 0;
+        c.SendBlockedTicks = 0;
+    }
+
+    /// <summary>Registers the events the connection wants now; a connection that wants none is taken out of epoll.</summary>
+    private void UpdateEvents(EpollConnection c)
+    {
+        uint wanted = c.WantedEvents;
+        if (wanted == c.Events)
+        {
+            return;
+        }
+
+        int op = wanted == 0 ? Native.EPOLL_CTL_DEL : c.Events == 0 ? Native.EPOLL_CTL_ADD : Native.EPOLL_CTL_MOD;
+        if (Control(op, c.Fd, wanted, c.Token) < 0)
+        {
+            Fail(c, Native.LastError);
+            return;
+        }
+
+        c.Events = wanted;
+    }
+
+    private int Control(int op, int fd, uint events, ulong token)
+    {
+        var e = new Native.EpollEvent { Events = events, Data = token };
+        return Native.EpollCtl(_epoll, op, fd, &e);
+    }
+
+    private void ListenerAdd()
+    {
+        if (_listening || _stopAccepting)
+        {
+            return;
+        }
+
+        for (int i = 0; i < _listeners.Length; i++)
+        {
+            // EPOLLEXCLUSIVE: one loop wakes per new connection, not every loop.
+            Control(Native.EPOLL_CTL_ADD, _listeners[i].Fd, Native.EPOLLIN | Native.EPOLLEXCLUSIVE, ListenerFlag | (uint)i);
+        }
+
+        _listening = true;
+    }
+
+    private void ListenerRemove()
+    {
+        if (!_listening)
+        {
+            return;
+        }
+
+        foreach (var listener in _listeners)
+        {
+            Control(Native.EPOLL_CTL_DEL, listener.Fd, 0, 0);
+        }
+
+        _listening = false;
+    }
+
+    private void AcceptBatchFrom(int listenFd, bool tcp)
+    {
+        byte* address = stackalloc byte[128];
+        for (int i = 0; i < AcceptBatch && _listening; i++)
+        {
+            uint length = 128;
+            int fd = Native.Accept4(listenFd, address, &length, Native.SOCK_NONBLOCK | Native.SOCK_CLOEXEC);
+            if (fd < 0)
+            {
+                int errno = Native.LastError;
+                if (errno == Native.EAGAIN)
+                {
+                    return;
+                }
+
+                if (errno is Native.EMFILE or Native.ENFILE or Native.ENOBUFS or Native.ENOMEM)
+                {
+                    BackOffAccepting(errno);
+                    return;
+                }
+
+                continue; // that one connection died in the backlog (ECONNABORTED, EPROTO, ...): the listener is fine
+            }
+
+            _backoff = MinBackoff;
+            Admit(fd, tcp, PeerOf(address, length));
+        }
+    }
+
+    private void BackOffAccepting(int errno)
+    {
+        if (errno is Native.EMFILE or Native.ENFILE)
+        {
+            _server.OnDescriptorsExhausted();
+        }
+
+        long now = Environment.TickCount64;
+        if (now - _lastAcceptLogTicks >= 1000)
+        {
+            Log.AcceptFailed(_logger, SocketErrorText.Describe(Native.ToSocketError(errno)), (long)_backoff.TotalMilliseconds, _suppressedAcceptLogs);
+            _lastAcceptLogTicks = now;
+            _suppressedAcceptLogs = 0;
+        }
+        else
+        {
+            _suppressedAcceptLogs++;
+        }
+
+        ListenerRemove();
+        _acceptResumeTicks = now + (long)_backoff.TotalMilliseconds;
+        _backoff = _backoff * 2 > MaxBackoff ? MaxBackoff : _backoff * 2;
+        _nextTickTicks = Math.Min(_nextTickTicks, _acceptResumeTicks);
+    }
+
+    private void Admit(int fd, bool tcp, EndPoint? peer)
+    {
+        switch (_server.Admit(out long id))
+        {
+            case EchoServer.Admission.Busy:
+                fixed (byte* line = _server.BusyLine())
+                {
+                    Native.Send(fd, line, (nuint)_server.BusyLine().Length, Native.MSG_NOSIGNAL);
+                }
+
+                Native.Shutdown(fd, Native.SHUT_WR);
+                Native.Close(fd);
+                _server.ReportBusy(peer);
+                return;
+            case EchoServer.Admission.Stopping:
+                Native.Close(fd);
+                return;
+        }
+
+        if (tcp && _server.Options.NoDelay)
+        {
+            Native.SetNoDelay(fd);
+        }
+
+        if (fd >= _byFd.Length)
+        {
+            Array.Resize(ref _byFd, Math.Max(fd + 1, _byFd.Length * 2));
+        }
+
+        var c = new EpollConnection(fd, ++_nextSerial, id, peer, Environment.TickCount64);
+        _byFd[fd] = c;
+        _count++;
+        _server.ReportAccepted(id, peer);
+        if (_server.Options.SendGreeting)
+        {
+            fixed (byte* greeting = Greeting.Bytes.Span)
+            {
+                if (!WriteOrKeep(c, greeting, Greeting.Bytes.Length))
+                {
+                    return;
+                }
+            }
+        }
+
+        UpdateEvents(c);
+    }
+
+    /// <summary>What .NET's RemoteEndPoint gives for an unbound Unix client: an address of just sa_family.</summary>
+    private static readonly EndPoint UnnamedUnixPeer = new UnixDomainSocketEndPoint("/").Create(new SocketAddress(AddressFamily.Unix, 2));
+
+    private static EndPoint? PeerOf(byte* address, uint length)
+    {
+        if (length < 2)
+        {
+            return null;
+        }
+
+        var family = *(ushort*)address switch
+        {
+            2 => AddressFamily.InterNetwork,    // AF_INET
+            10 => AddressFamily.InterNetworkV6, // AF_INET6
+            1 => AddressFamily.Unix,
+            _ => AddressFamily.Unknown,
+        };
+        if (family == AddressFamily.Unix)
+        {
+            return UnnamedUnixPeer; // a client's Unix socket is almost never bound to a name
+        }
+
+        if (family == AddressFamily.Unknown)
+        {
+            return null;
+        }
+
+        var socketAddress = new SocketAddress(family, (int)length);
+        new ReadOnlySpan<byte>(address, (int)length).CopyTo(socketAddress.Buffer.Span);
+        var template = family == AddressFamily.InterNetwork ? new IPEndPoint(IPAddress.Any, 0) : new IPEndPoint(IPAddress.IPv6Any, 0);
+        return EndPointText.Normalize(template.Create(socketAddress));
+    }
+
+    /// <summary>Timeouts, the drain and the accept back-off, every tick (only when one of them is in force).</summary>
+    private void Tick(long now)
+    {
+        if (!_listening && !_stopAccepting && now >= _acceptResumeTicks)
+        {
+            ListenerAdd();
+        }
+
+        if (_idleMs > 0 || _sendMs > 0 || _draining)
+        {
+            bool deadlinePassed = _draining && now >= _drainDeadlineTicks;
+            if (deadlinePassed && _count > 0)
+            {
+                _server.ReportAbortingAtShutdown(_count);
+            }
+
+            var all = _byFd;
+            for (int fd = 0; fd < all.Length; fd++)
+            {
+                if (all[fd] is not { } c)
+                {
+                    continue;
+                }
+
+                if (deadlinePassed)
+                {
+                    Close(c, CloseReason.ShutdownTimeout, Ending.Reset);
+                }
+                else if (_sendMs > 0 && c.SendBlockedTicks != 0 && now - c.SendBlockedTicks >= _sendMs)
+                {
+                    Close(c, CloseReason.SendTimeout, Ending.Reset);
+                }
+                else if (_idleMs > 0 && now - c.LastReceiveTicks >= _idleMs)
+                {
+                    Close(c, CloseReason.IdleTimeout, Ending.ShutdownBoth);
+                }
+                else if (_draining && !c.FinSent && c.PendingBytes == 0 && !c.SinkBlocked && now - c.LastReceiveTicks >= _quietMs)
+                {
+                    // Echoed what it had and gone quiet: say goodbye; the peer's close ends it.
+                    c.FinSent = true;
+                    Native.Shutdown(c.Fd, Native.SHUT_WR);
+                }
+            }
+        }
+
+        long next = long.MaxValue;
+        if (_draining)
+        {
+            next = now + 10;
+        }
+        else if (_timeoutTickMs > 0)
+        {
+            next = now + _timeoutTickMs;
+        }
+
+        if (!_listening && !_stopAccepting)
+        {
+            next = Math.Min(next, _acceptResumeTicks);
+        }
+
+        _nextTickTicks = next;
+    }
+
+    private enum Ending
+    {
+        /// <summary>shutdown(SHUT_WR) then close: an orderly FIN.</summary>
+        SendFin,
+        /// <summary>shutdown(SHUT_RDWR) then close.</summary>
+        ShutdownBoth,
+        /// <summary>SO_LINGER 0 then close: an RST, unsent bytes discarded.</summary>
+        Reset,
+        /// <summary>close only (the socket already failed).</summary>
+        CloseOnly,
+    }
+
+    private void Fail(EpollConnection c, int errno)
+    {
+        c.Error = Native.ToSocketError(errno);
+        Close(c, SocketErrorText.IsPeerReset(c.Error) ? CloseReason.PeerReset : CloseReason.Error, Ending.CloseOnly);
+    }
+
+    private void Close(EpollConnection c, CloseReason reason, Ending ending)
+    {
+        if (_byFd[c.Fd] != c)
+        {
+            return; // already closed
+        }
+
+        _byFd[c.Fd] = null;
+        _count--;
+        switch (ending)
+        {
+            case Ending.SendFin:
+                Native.Shutdown(c.Fd, Native.SHUT_WR);
+                break;
+            case Ending.ShutdownBoth:
+                Native.Shutdown(c.Fd, Native.SHUT_RDWR);
+                break;
+            case Ending.Reset:
+                Native.SetAbortiveClose(c.Fd);
+                break;
+        }
+
+        Native.Close(c.Fd); // also takes it out of the epoll set
+        ReleasePending(c);
+        _server.ReportClosed(new ClosedConnection(c.Id, c.Peer, reason, c.Error, c.BytesIn, c.BytesOut, Stopwatch.GetElapsedTime(c.StartTimestamp)));
+    }
+
+    private void AbortAll(CloseReason reason)
+    {
+        for (int fd = 0; fd < _byFd.Length; fd++)
+        {
+            if (_byFd[fd] is { } c)
+            {
+                Close(c, reason, Ending.Reset);
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+
+namespace EchoKit.Internal.Epoll;
+
+/// <summary>The Linux calls the epoll engine makes directly, and the constants they take (x86-64 values).</summary>
+internal static unsafe partial class Native
+{
+    public const int EPOLL_CLOEXEC = 0x80000;
+    public const int EPOLL_CTL_ADD = 1;
+    public const int EPOLL_CTL_DEL = 2;
+    public const int EPOLL_CTL_MOD = 3;
+    public const uint EPOLLIN = 0x001;
+    public const uint EPOLLOUT = 0x004;
+    public const uint EPOLLERR = 0x008;
+    public const uint EPOLLHUP = 0x010;
+    public const uint EPOLLEXCLUSIVE = 1u << 28;
+
+    public const int SOCK_NONBLOCK = 0x800;
+    public const int SOCK_CLOEXEC = 0x80000;
+    public const int MSG_NOSIGNAL = 0x4000;
+    public const int SHUT_WR = 1;
+    public const int SHUT_RDWR = 2;
+    public const int SOL_SOCKET = 1;
+    public const int SO_LINGER = 13;
+    public const int IPPROTO_TCP = 6;
+    public const int TCP_NODELAY = 1;
+    public const int EFD_CLOEXEC = 0x80000;
+    public const int EFD_NONBLOCK = 0x800;
+
+    public const int EINTR = 4;
+    public const int EAGAIN = 11;
+    public const int ENOMEM = 12;
+    public const int ENFILE = 23;
+    public const int EMFILE = 24;
+    public const int EPIPE = 32;
+    public const int ECONNABORTED = 103;
+    public const int ECONNRESET = 104;
+    public const int ENOBUFS = 105;
+
+    /// <summary>struct epoll_event: packed on x86-64 (12 bytes), which is the only architecture this engine runs on.</summary>
+    [StructLayout(LayoutKind.Sequential, Pack = 4)]
+    public struct EpollEvent
+    {
+        public uint Events;
+        public ulong Data;
+    }
+
+    /// <summary>Whether this process can use the engine: Linux on x86-64 (epoll_event's layout differs elsewhere).</summary>
+    public static bool IsSupported => OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64;
+
+    [LibraryImport("libc", EntryPoint = "epoll_create1", SetLastError = true)]
+    public static partial int EpollCreate1(int flags);
+
+    [LibraryImport("libc", EntryPoint = "epoll_ctl", SetLastError = true)]
+    public static partial int EpollCtl(int epfd, int op, int fd, EpollEvent* ev);
+
+    [LibraryImport("libc", EntryPoint = "epoll_wait", SetLastError = true)]
+    public static partial int EpollWait(int epfd, EpollEvent* events, int maxEvents, int timeoutMs);
+
+    [LibraryImport("libc", EntryPoint = "accept4", SetLastError = true)]
+    public static partial int Accept4(int fd, byte* address, uint* addressLength, int flags);
+
+    [LibraryImport("libc", EntryPoint = "recv", SetLastError = true)]
+    public static partial nint Recv(int fd, byte* buffer, nuint length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
+    public static partial nint Send(int fd, byte* buffer, nuint length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "shutdown", SetLastError = true)]
+    public static partial int Shutdown(int fd, int how);
+
+    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    public static partial int Close(int fd);
+
+    [LibraryImport("libc", EntryPoint = "setsockopt", SetLastError = true)]
+    public static partial int SetSockOpt(int fd, int level, int name, void* value, uint length);
+
+    [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]
+    public static partial int EventFd(uint initial, int flags);
+
+    [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
+    public static partial nint Read(int fd, void* buffer, nuint length);
+
+    [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
+    public static partial nint Write(int fd, void* buffer, nuint length);
+
+    public static int LastError => Marshal.GetLastPInvokeError();
+
+    /// <summary>errno as .NET's SocketError, for close reasons and log lines (the runtime's SocketErrorPal table, the few that occur here).</summary>
+    public static SocketError ToSocketError(int errno) => errno switch
+    {
+        ECONNRESET => SocketError.ConnectionReset,
+        EPIPE => SocketError.Shutdown,
+        ECONNABORTED => SocketError.ConnectionAborted,
+        110 => SocketError.TimedOut,
+        113 => SocketError.HostUnreachable,
+        101 => SocketError.NetworkUnreachable,
+        100 => SocketError.NetworkDown,
+        ENOBUFS => SocketError.NoBufferSpaceAvailable,
+        ENOMEM => SocketError.NoBufferSpaceAvailable,
+        EMFILE or ENFILE => SocketError.TooManyOpenSockets,
+        EAGAIN => SocketError.WouldBlock,
+        EINTR => SocketError.Interrupted,
+        107 => SocketError.NotConnected,
+        _ => SocketError.SocketError,
+    };
+
+    public static void SetNoDelay(int fd)
+    {
+        int one = 1;
+        SetSockOpt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int));
+    }
+
+    /// <summary>SO_LINGER {on, 0}: the following close() sends an RST and discards what is unsent.</summary>
+    public static void SetAbortiveClose(int fd)
+    {
+        Span<int> linger = [1, 0];
+        fixed (int* value = linger)
+        {
+            SetSockOpt(fd, SOL_SOCKET, SO_LINGER, value, sizeof(int) * 2);
+        }
+    }
+}
