@@ -11,14 +11,16 @@ public sealed class BenchProcessTests
     private static readonly TimeSpan ExitDeadline = TimeSpan.FromSeconds(60);
 
     [Theory]
-    [InlineData(true, "1")]
-    [InlineData(false, "4")]
-    public async Task Bench_reports_json_with_echoloads_fields_and_detects_the_greeting(bool greeting, string depth)
+    [InlineData(true, "1", "epoll")]
+    [InlineData(false, "4", "epoll")]
+    [InlineData(true, "1", "socket")]
+    [InlineData(false, "4", "socket")]
+    public async Task Bench_reports_json_with_echoloads_fields_and_detects_the_greeting(bool greeting, string depth, string engine)
     {
         await using var server = new EchoServer(new EchoServerOptions { Port = 0, SendGreeting = greeting });
         server.Start();
         var result = await ChildProcess.RunAsync(ExitDeadline, null,
-            "bench", $"127.0.0.1:{server.LocalEndPoints[0].Port}", "-c", "4", "-d", depth, "-s", "100", "-t", "1s", "--warmup", "200ms", "--json");
+            "bench", $"127.0.0.1:{server.LocalEndPoints[0].Port}", "-c", "4", "-d", depth, "-s", "100", "-t", "1s", "--warmup", "200ms", "--json", "--engine", engine);
 
         Assert.True(result.ExitCode == 0, result.ToString());
         using var json = JsonDocument.Parse(result.StdoutText);
@@ -36,8 +38,30 @@ public sealed class BenchProcessTests
         Assert.InRange(root.GetProperty("mbytes_per_s").GetDouble(), expectedMBytes - 0.011, expectedMBytes + 0.011); // printed to 2 decimals
     }
 
-    [Fact]
-    public async Task A_server_that_corrupts_bytes_is_caught_exit_9()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task Open_loop_sends_on_schedule_and_measures_every_reply(string engine)
+    {
+        await using var server = new EchoServer(new EchoServerOptions { Port = 0, SendGreeting = false });
+        server.Start();
+        var result = await ChildProcess.RunAsync(ExitDeadline, null,
+            "bench", $"127.0.0.1:{server.LocalEndPoints[0].Port}", "-c", "4", "--rate", "2000", "-t", "2s", "--warmup", "300ms",
+            "--skip-greeting", "0", "--json", "--engine", engine);
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        using var json = JsonDocument.Parse(result.StdoutText);
+        var root = json.RootElement;
+        // The server keeps up easily, so what is measured is the schedule: 2,000 messages a second.
+        Assert.InRange(root.GetProperty("msgs_per_s").GetDouble(), 1700, 2300);
+        Assert.Equal(0, root.GetProperty("errors").GetInt64());
+        Assert.Equal(0, root.GetProperty("mismatches").GetInt64());
+    }
+
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task A_server_that_corrupts_bytes_is_caught_exit_9(string engine)
     {
         // An "echo" server that flips one bit of every 1000th byte.
         using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
@@ -82,7 +106,7 @@ public sealed class BenchProcessTests
         });
 
         var result = await ChildProcess.RunAsync(ExitDeadline, null,
-            "bench", $"127.0.0.1:{((IPEndPoint)listener.LocalEndPoint!).Port}", "-c", "2", "-t", "500ms", "--warmup", "0", "--skip-greeting", "0", "--json");
+            "bench", $"127.0.0.1:{((IPEndPoint)listener.LocalEndPoint!).Port}", "-c", "2", "-t", "500ms", "--warmup", "0", "--skip-greeting", "0", "--json", "--engine", engine);
         await stop.CancelAsync();
 
         Assert.Equal(9, result.ExitCode);

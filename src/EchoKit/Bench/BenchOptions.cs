@@ -38,6 +38,9 @@ public sealed record BenchOptions
 
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>How TCP and Unix stream connections are driven: epoll loops (Linux x86-64) or async Socket calls.</summary>
+    public EchoEngine Engine { get; init; } = EchoEngine.Auto;
+
     /// <summary>Seed of the payload pattern, so runs are repeatable.</summary>
     public int Seed { get; init; } = 1;
 }

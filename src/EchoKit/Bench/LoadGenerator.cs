@@ -46,6 +46,17 @@ public sealed class LoadGenerator
 
     internal BenchOptions Options => _options;
 
+    /// <summary>The pattern, twice over (any window of up to <see cref="PatternLength"/> bytes is contiguous).</summary>
+    internal byte[] PatternArray => _pattern;
+
+    /// <summary>Whether stream connections run on <see cref="EpollLoadLoop"/>s.</summary>
+    private bool UsesEpoll => !_options.Udp && _options.Engine switch
+    {
+        EchoEngine.Socket => false,
+        EchoEngine.Epoll => Internal.Epoll.Native.IsSupported ? true : throw new PlatformNotSupportedException("The epoll engine runs on Linux x86-64 only."),
+        _ => Internal.Epoll.Native.IsSupported,
+    };
+
     internal ReadOnlySpan<byte> Pattern(long position, int length) => _pattern.AsSpan((int)(position % PatternLength), length);
 
     internal ReadOnlyMemory<byte> PatternMemory(long position, int length) => _pattern.AsMemory((int)(position % PatternLength), length);
@@ -90,6 +101,8 @@ public sealed class LoadGenerator
             ? new UnixDomainSocketEndPoint(path)
             : new IPEndPoint((await SocketConnector.ResolveAsync(_options.Host, _options.Port, family: null).ConfigureAwait(false))[0], _options.Port);
 
+        bool epoll = UsesEpoll;
+
         // Connect (at most 200 handshakes at once), then read each greeting.
         using var gate = new SemaphoreSlim(200);
         var connecting = Enumerable.Range(0, _options.Connections).Select(async i =>
@@ -97,8 +110,8 @@ public sealed class LoadGenerator
             await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
-                ILoadFlow worker = _options.Udp
-                    ? UdpLoadConnection.Open(this, i, endPoint)
+                ILoadFlow worker = _options.Udp ? UdpLoadConnection.Open(this, i, endPoint)
+                    : epoll ? new EpollLoadConnection(this, await Task.Run(() => LoadConnection.ConnectBlocking(_options, endPoint), cancellationToken).ConfigureAwait(false), StartOffset(i), i)
                     : await LoadConnection.OpenAsync(this, i, endPoint, cancellationToken).ConfigureAwait(false);
                 lock (_workers)
                 {
@@ -130,7 +143,22 @@ public sealed class LoadGenerator
         }
 
         _phase = 1;
-        var runs = _workers.Select(w => Task.Run(w.RunAsync, CancellationToken.None)).ToArray();
+        EpollLoadLoop[] loops = [];
+        Task[] runs;
+        if (epoll)
+        {
+            // One loop per CPU this process may use, each with every n-th connection.
+            int count = Math.Min(Environment.ProcessorCount, _workers.Count);
+            loops = Enumerable.Range(0, count)
+                .Select(l => new EpollLoadLoop(l, this, _workers.Cast<EpollLoadConnection>().Where((_, i) => i % count == l).ToArray()))
+                .ToArray();
+            runs = loops.Select(l => l.Exited).ToArray();
+        }
+        else
+        {
+            runs = _workers.Select(w => Task.Run(w.RunAsync, CancellationToken.None)).ToArray();
+        }
+
         await Task.Delay(_options.Warmup, cancellationToken).ConfigureAwait(false);
 
         foreach (var histogram in _histograms)
@@ -150,6 +178,13 @@ public sealed class LoadGenerator
         }
 
         double seconds = Stopwatch.GetElapsedTime(windowStart).TotalSeconds;
+        foreach (var loop in loops)
+        {
+            loop.Stop();
+        }
+
+        // The loops must be out of their system calls before the sockets are closed under them.
+        await Task.WhenAll(loops.Select(l => l.Exited)).WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
         int activeAtEnd = _workers.Count(w => !w.Failed);
         foreach (var worker in _workers)
         {

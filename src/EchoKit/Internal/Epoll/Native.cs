@@ -58,6 +58,19 @@ internal static unsafe partial class Native
     [LibraryImport("libc", EntryPoint = "epoll_wait", SetLastError = true)]
     public static partial int EpollWait(int epfd, EpollEvent* events, int maxEvents, int timeoutMs);
 
+    public const int ENOSYS = 38;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Timespec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    /// <summary>epoll_wait with a nanosecond timeout (Linux 5.11, glibc 2.35); ENOSYS or a missing symbol where older.</summary>
+    [LibraryImport("libc", EntryPoint = "epoll_pwait2", SetLastError = true)]
+    public static partial int EpollPwait2(int epfd, EpollEvent* events, int maxEvents, Timespec* timeout, void* sigmask);
+
     [LibraryImport("libc", EntryPoint = "accept4", SetLastError = true)]
     public static partial int Accept4(int fd, byte* address, uint* addressLength, int flags);
 
