@@ -21,7 +21,9 @@ internal sealed class EpollLoadConnection : ILoadFlow
         socket.Blocking = false;
         Fd = (int)socket.Handle;
         Index = index;
-        Queued = new long[owner.Options.Rate is null ? owner.Options.Depth : OpenLoopQueue];
+        // A power of two, so that the ring index is a mask, not a division.
+        Queued = new long[owner.Options.Rate is null ? (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)owner.Options.Depth) : OpenLoopQueue];
+        Mask = Queued.Length - 1;
         SendPosition = ReceivePosition = StartOffset = startOffset;
     }
 
@@ -35,6 +37,8 @@ internal sealed class EpollLoadConnection : ILoadFlow
 
     /// <summary>Ring of queue (closed loop) or schedule (open loop) timestamps, one per message in flight.</summary>
     public long[] Queued { get; }
+
+    public int Mask { get; }
 
     public long Head; // next message to come back
 
@@ -91,6 +95,7 @@ internal sealed unsafe class EpollLoadLoop
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly PriorityQueue<EpollLoadConnection, double> _schedule = new();
     private volatile bool _stop;
+    private HdrHistogram.LongHistogram? _histogram;
     private bool _nanosecondTimeouts = true;
 
     public EpollLoadLoop(int index, LoadGenerator owner, EpollLoadConnection[] connections)
@@ -102,7 +107,7 @@ internal sealed unsafe class EpollLoadLoop
         _depth = options.Depth;
         _openLoop = options.Rate is not null;
         _interval = _openLoop ? Stopwatch.Frequency / (options.Rate!.Value / options.Connections) : 0;
-        _buffer = GC.AllocateUninitializedArray<byte>(Math.Max(64 * 1024, _size), pinned: true);
+        _buffer = GC.AllocateUninitializedArray<byte>(Math.Max(256 * 1024, _size), pinned: true);
         _epoll = Native.EpollCreate1(Native.EPOLL_CLOEXEC);
         _wake = Native.EventFd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
         if (_epoll < 0 || _wake < 0)
@@ -272,7 +277,7 @@ internal sealed unsafe class EpollLoadLoop
         var queued = c.Queued;
         for (int i = 0; i < count; i++)
         {
-            queued[c.Tail++ % queued.Length] = timestamp;
+            queued[(int)(c.Tail++ & c.Mask)] = timestamp;
         }
 
         c.Unsent += (long)count * _size;
@@ -313,22 +318,36 @@ internal sealed unsafe class EpollLoadLoop
         SetEvents(c, c.Unsent > 0 ? Native.EPOLLIN | Native.EPOLLOUT : Native.EPOLLIN);
     }
 
+    /// <summary>Reads while the buffer fills (up to four times, as echoload does), checking and completing messages.</summary>
     private void OnReadable(EpollLoadConnection c)
     {
-        nint n = Native.Recv(c.Fd, (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_buffer)), (nuint)_buffer.Length, 0);
-        if (n <= 0)
+        for (int round = 0; round < 4 && !c.Done; round++)
         {
-            if (n < 0 && Native.LastError is Native.EAGAIN or Native.EINTR)
+            nint n = Native.Recv(c.Fd, (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_buffer)), (nuint)_buffer.Length, 0);
+            if (n <= 0)
             {
+                if (n < 0 && Native.LastError is Native.EAGAIN or Native.EINTR)
+                {
+                    return;
+                }
+
+                Fail(c); // closed or reset by the server
                 return;
             }
 
-            Fail(c); // closed or reset by the server
-            return;
+            OnData(c, (int)n);
+            if (n < _buffer.Length)
+            {
+                return;
+            }
         }
+    }
 
-        var got = _buffer.AsSpan(0, (int)n);
-        var expected = _owner.Pattern(c.ReceivePosition, (int)n);
+    private void OnData(EpollLoadConnection c, int n)
+    {
+
+        var got = _buffer.AsSpan(0, n);
+        var expected = _owner.Pattern(c.ReceivePosition, n);
         if (!got.SequenceEqual(expected))
         {
             c.Mismatches += LoadConnection.CountMismatches(got, expected);
@@ -339,6 +358,7 @@ internal sealed unsafe class EpollLoadLoop
         long doneThrough = (c.ReceivePosition - c.StartOffset) / _size;
         int completed = 0;
         bool measuring = _owner.Measuring;
+        var histogram = _histogram ??= _owner.ThreadHistogram; // this loop thread's own
         var queued = c.Queued;
         while (c.Head < doneThrough)
         {
@@ -349,10 +369,10 @@ internal sealed unsafe class EpollLoadLoop
                 break;
             }
 
-            long sentAt = queued[c.Head++ % queued.Length];
+            long sentAt = queued[(int)(c.Head++ & c.Mask)];
             if (measuring)
             {
-                _owner.Record(LoadConnection.TicksBetween(sentAt, now));
+                histogram.RecordValue(Math.Max(0, LoadConnection.TicksBetween(sentAt, now)));
                 c.MeasuredMessages++;
             }
 
@@ -395,7 +415,7 @@ internal sealed unsafe class EpollLoadLoop
                 var queued = c.Queued;
                 for (int i = 0; i < count; i++)
                 {
-                    queued[c.Tail++ % queued.Length] = (long)(first + (i * _interval));
+                    queued[(int)(c.Tail++ & c.Mask)] = (long)(first + (i * _interval));
                 }
 
                 c.Unsent += (long)count * _size;

@@ -68,6 +68,9 @@ public sealed class LoadGenerator
 
     internal bool Stopping => _phase == 3;
 
+    /// <summary>The calling thread's histogram (merged with the others at the end).</summary>
+    internal LongHistogram ThreadHistogram => _histogram.Value!;
+
     internal void Record(long latencyTicks) => _histogram.Value!.RecordValue(Math.Max(latencyTicks, 0));
 
     public BenchProgress Snapshot()
