@@ -3,7 +3,6 @@ using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Console;
 
 namespace EchoKit.Cli;
 
@@ -177,16 +176,7 @@ internal static class ServeCommand
 
     private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, LogLevel level)
     {
-        using var loggerFactory = LoggerFactory.Create(builder => builder
-            .SetMinimumLevel(level)
-            .AddSimpleConsole(o =>
-            {
-                o.SingleLine = true;
-                o.TimestampFormat = "HH:mm:ss.fff ";
-                o.ColorBehavior = LoggerColorBehavior.Default;
-            })
-            .AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace));
-        var logger = loggerFactory.CreateLogger("echokit");
+        var logger = new StderrLogger("echokit", level);
 
         StdoutPayloadSink? sink = quiet ? null : new StdoutPayloadSink(Console.OpenStandardOutput());
         var server = new EchoServer(options, logger, sink);

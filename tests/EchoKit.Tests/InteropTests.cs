@@ -27,7 +27,8 @@ public sealed class InteropTests
             Assert.Equal([.. GreetingBytes, .. sent], nc.Stdout);
 
             await server.WaitForStderrAsync("closed: closed by peer", Deadline);
-            Assert.Equal(sent, server.StandardOutputBytes);
+            // stdout is written by its own thread: the bytes may land just after the log line.
+            Assert.Equal(sent, await server.WaitForStdoutAsync(sent.Length, Deadline));
         }
     }
 

@@ -57,6 +57,7 @@ internal sealed unsafe class EpollLoop
     private long _drainDeadlineTicks;
     private long _quietMs;
     private long _nextTickTicks;
+    private long _now = Environment.TickCount64; // Environment.TickCount64 after the last epoll_wait
 
     public EpollLoop(int index, EchoServer server, ILogger logger, (int Fd, bool Tcp)[] listeners)
     {
@@ -152,15 +153,15 @@ internal sealed unsafe class EpollLoop
                     throw new SocketException(errno);
                 }
 
+                _now = Environment.TickCount64; // one clock read per batch, not per message
                 for (int i = 0; i < n; i++)
                 {
                     Dispatch(events[i].Data, events[i].Events);
                 }
 
-                long now = Environment.TickCount64;
-                if (now >= _nextTickTicks)
+                if (_now >= _nextTickTicks)
                 {
-                    Tick(now);
+                    Tick(_now);
                 }
             }
         }
@@ -234,7 +235,7 @@ internal sealed unsafe class EpollLoop
         nint n = Native.Recv(c.Fd, _bufferPointer, (nuint)_buffer.Length, 0);
         if (n > 0)
         {
-            c.LastReceiveTicks = Environment.TickCount64;
+            c.LastReceiveTicks = _now;
             c.BytesIn += n;
             if (c.FinSent)
             {
@@ -330,7 +331,7 @@ internal sealed unsafe class EpollLoop
             c.Pending = pending;
             c.PendingOffset = 0;
             c.PendingLength = length;
-            c.SendBlockedTicks = Environment.TickCount64;
+            c.SendBlockedTicks = _now;
             UpdateEvents(c);
             return true;
         }
@@ -349,7 +350,7 @@ internal sealed unsafe class EpollLoop
                 {
                     c.BytesOut += sent;
                     c.PendingOffset += (int)sent;
-                    c.SendBlockedTicks = Environment.TickCount64; // progress: the send timeout counts from here
+                    c.SendBlockedTicks = _now; // progress: the send timeout counts from here
                     continue;
                 }
 
@@ -529,7 +530,7 @@ internal sealed unsafe class EpollLoop
             Array.Resize(ref _byFd, Math.Max(fd + 1, _byFd.Length * 2));
         }
 
-        var c = new EpollConnection(fd, ++_nextSerial, id, peer, Environment.TickCount64);
+        var c = new EpollConnection(fd, ++_nextSerial, id, peer, _now);
         _byFd[fd] = c;
         _count++;
         _server.ReportAccepted(id, peer);
