@@ -95,6 +95,7 @@ internal sealed unsafe class EpollLoadLoop
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly PriorityQueue<EpollLoadConnection, double> _schedule = new();
     private volatile bool _stop;
+    private bool _closed; // under the _exited lock: the eventfd is gone
     private HdrHistogram.LongHistogram? _histogram;
     private bool _nanosecondTimeouts = true;
 
@@ -126,8 +127,14 @@ internal sealed unsafe class EpollLoadLoop
     public void Stop()
     {
         _stop = true;
-        ulong one = 1;
-        Native.Write(_wake, &one, sizeof(ulong));
+        lock (_exited)
+        {
+            if (!_closed) // never write to the eventfd's number once it is closed (and perhaps reused)
+            {
+                ulong one = 1;
+                Native.Write(_wake, &one, sizeof(ulong));
+            }
+        }
     }
 
     private void Run()
@@ -166,39 +173,7 @@ internal sealed unsafe class EpollLoadLoop
 
             while (!_stop && !_owner.Stopping)
             {
-                int n = Wait(events);
-                for (int i = 0; i < n; i++)
-                {
-                    ulong token = events[i].Data;
-                    if (token == WakeToken)
-                    {
-                        ulong value;
-                        Native.Read(_wake, &value, sizeof(ulong));
-                        continue;
-                    }
-
-                    var c = lookup[(int)token];
-                    if (c is null || c.Done)
-                    {
-                        continue;
-                    }
-
-                    uint happened = events[i].Events;
-                    if ((happened & Native.EPOLLOUT) != 0)
-                    {
-                        Flush(c);
-                    }
-
-                    if (!c.Done && (happened & (Native.EPOLLIN | Native.EPOLLERR | Native.EPOLLHUP)) != 0)
-                    {
-                        OnReadable(c);
-                    }
-                }
-
-                if (_openLoop)
-                {
-                    SendDue(Stopwatch.GetTimestamp());
-                }
+                ProcessBatch(events, Wait(events), lookup);
             }
         }
         catch (Exception e) when (e is SocketException or InvalidOperationException)
@@ -211,9 +186,52 @@ internal sealed unsafe class EpollLoadLoop
         finally
         {
             NativeMemory.Free(events);
-            Native.Close(_epoll);
-            Native.Close(_wake);
+            lock (_exited)
+            {
+                _closed = true;
+                Native.Close(_epoll);
+                Native.Close(_wake);
+            }
+
             _exited.TrySetResult();
+        }
+    }
+
+    /// <summary>One epoll_wait's events, then what is due. Never inlined, so that the tiered JIT recompiles it (Run stays as ReadyToRun compiled it).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ProcessBatch(Native.EpollEvent* events, int n, EpollLoadConnection?[] lookup)
+    {
+        for (int i = 0; i < n; i++)
+        {
+            ulong token = events[i].Data;
+            if (token == WakeToken)
+            {
+                ulong value;
+                Native.Read(_wake, &value, sizeof(ulong));
+                continue;
+            }
+
+            var c = lookup[(int)token];
+            if (c is null || c.Done)
+            {
+                continue;
+            }
+
+            uint happened = events[i].Events;
+            if ((happened & Native.EPOLLOUT) != 0)
+            {
+                Flush(c);
+            }
+
+            if (!c.Done && (happened & (Native.EPOLLIN | Native.EPOLLERR | Native.EPOLLHUP)) != 0)
+            {
+                OnReadable(c);
+            }
+        }
+
+        if (_openLoop)
+        {
+            SendDue(Stopwatch.GetTimestamp());
         }
     }
 
