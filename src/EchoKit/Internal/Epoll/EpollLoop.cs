@@ -331,14 +331,38 @@ internal sealed unsafe class EpollLoop
     /// <summary>Sends all it can now; what the peer does not take is kept and reading stops. False if the connection ended.</summary>
     private bool WriteOrKeep(EpollConnection c, byte* data, int length)
     {
-        while (length > 0)
+        int sent = SendUntilFull(c, data, length);
+        if (sent < 0)
         {
-            nint sent = Native.Send(c.Fd, data, (nuint)length, Native.MSG_NOSIGNAL);
+            return false;
+        }
+
+        if (sent < length)
+        {
+            int rest = length - sent;
+            var pending = ArrayPool<byte>.Shared.Rent(Math.Max(rest, 4096));
+            new ReadOnlySpan<byte>(data + sent, rest).CopyTo(pending);
+            c.Pending = pending;
+            c.PendingOffset = 0;
+            c.PendingLength = rest;
+            c.SendBlockedTicks = _now;
+            UpdateEvents(c);
+        }
+
+        return true;
+    }
+
+    /// <summary>Sends until everything is sent or the kernel's buffer is full: the bytes sent, or -1 when the connection failed (it is closed then).</summary>
+    private int SendUntilFull(EpollConnection c, byte* data, int length)
+    {
+        int total = 0;
+        while (total < length)
+        {
+            nint sent = Native.Send(c.Fd, data + total, (nuint)(length - total), Native.MSG_NOSIGNAL);
             if (sent > 0)
             {
                 c.BytesOut += sent;
-                data += sent;
-                length -= (int)sent;
+                total += (int)sent;
                 continue;
             }
 
@@ -351,50 +375,37 @@ internal sealed unsafe class EpollLoop
             if (errno != Native.EAGAIN)
             {
                 Fail(c, errno);
-                return false;
+                return -1;
             }
 
-            var pending = ArrayPool<byte>.Shared.Rent(Math.Max(length, 4096));
-            new ReadOnlySpan<byte>(data, length).CopyTo(pending);
-            c.Pending = pending;
-            c.PendingOffset = 0;
-            c.PendingLength = length;
-            c.SendBlockedTicks = _now;
-            UpdateEvents(c);
-            return true;
+            break;
         }
 
-        return true;
+        return total;
     }
 
     private void OnWritable(EpollConnection c)
     {
+        int sent;
         fixed (byte* pending = c.Pending)
         {
-            while (c.PendingBytes > 0)
-            {
-                nint sent = Native.Send(c.Fd, pending + c.PendingOffset, (nuint)c.PendingBytes, Native.MSG_NOSIGNAL);
-                if (sent > 0)
-                {
-                    c.BytesOut += sent;
-                    c.PendingOffset += (int)sent;
-                    c.SendBlockedTicks = _now; // progress: the send timeout counts from here
-                    continue;
-                }
+            sent = SendUntilFull(c, pending + c.PendingOffset, c.PendingBytes);
+        }
 
-                int errno = Native.LastError;
-                if (errno == Native.EINTR)
-                {
-                    continue;
-                }
+        if (sent < 0)
+        {
+            return;
+        }
 
-                if (errno != Native.EAGAIN)
-                {
-                    Fail(c, errno);
-                }
+        if (sent > 0)
+        {
+            c.PendingOffset += sent;
+            c.SendBlockedTicks = _now; // progress: the send timeout counts from here
+        }
 
-                return; // still full: EPOLLOUT stays armed
-            }
+        if (c.PendingBytes > 0)
+        {
+            return; // still full: EPOLLOUT stays armed
         }
 
         ReleasePending(c);
