@@ -176,7 +176,7 @@ internal static class ServeCommand
 
     private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, LogLevel level)
     {
-        var logger = new StderrLogger("echokit", level);
+        using var logger = new StderrLogger("echokit", level);
 
         StdoutPayloadSink? sink = quiet ? null : new StdoutPayloadSink(Console.OpenStandardOutput());
         var server = new EchoServer(options, logger, sink);

@@ -6,21 +6,45 @@ namespace EchoKit.Cli;
 /// <summary>
 /// The server's event log: one line per event on stderr, in the layout of Microsoft.Extensions.Logging's
 /// single-line SimpleConsole format (<c>17:03:56.101 info: echokit[2] connection 1 accepted from ...</c>),
-/// the level coloured on a terminal. Each line is one write(2), so lines from different threads never
-/// interleave. Written here rather than taken from Microsoft.Extensions.Logging.Console because that one
-/// builds a dependency-injection container and options/configuration machinery at start: about a third
-/// of the time to the listening line. An exception is reduced to its message: no stack traces for users.
+/// the level coloured on a terminal. Written here rather than taken from Microsoft.Extensions.Logging.Console
+/// because that one builds a dependency-injection container and options/configuration machinery at start:
+/// about a third of the time to the listening line. An exception is reduced to its message: no stack traces.
+///
+/// The server never waits for stderr: lines go through a bounded queue to one writer thread, each line one
+/// write(2). If stderr is not being read (a pipe nobody drains) and the queue is full, lines are dropped
+/// and counted, and the count is reported once stderr moves again; an event loop must never block on a
+/// log line. <see cref="Flush"/> at exit writes what is queued.
 /// </summary>
-internal sealed class StderrLogger(string category, LogLevel minimum) : ILogger
+internal sealed class StderrLogger : ILogger, IDisposable
 {
+    private const int QueueLines = 4096;
+
+    private readonly string _category;
+    private readonly LogLevel _minimum;
     private readonly Stream _stderr = Console.OpenStandardError();
     private readonly bool _colors = !Console.IsErrorRedirected && Environment.GetEnvironmentVariable("NO_COLOR") is null;
-    private readonly Lock _gate = new();
+    private readonly System.Threading.Channels.Channel<byte[]> _queue =
+        System.Threading.Channels.Channel.CreateBounded<byte[]>(new System.Threading.Channels.BoundedChannelOptions(QueueLines)
+        {
+            SingleReader = true,
+            FullMode = System.Threading.Channels.BoundedChannelFullMode.Wait, // TryWrite fails when full: we drop and count
+        });
+
+    private readonly Thread _writer;
+    private long _dropped;
+
+    public StderrLogger(string category, LogLevel minimum)
+    {
+        _category = category;
+        _minimum = minimum;
+        _writer = new Thread(WriteLoop) { IsBackground = true, Name = "echokit-log" };
+        _writer.Start();
+    }
 
     public IDisposable? BeginScope<TState>(TState state)
         where TState : notnull => null;
 
-    public bool IsEnabled(LogLevel logLevel) => logLevel != LogLevel.None && logLevel >= minimum;
+    public bool IsEnabled(LogLevel logLevel) => logLevel != LogLevel.None && logLevel >= _minimum;
 
     public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
     {
@@ -56,23 +80,49 @@ internal sealed class StderrLogger(string category, LogLevel minimum) : ILogger
             line.Append(level);
         }
 
-        line.Append(": ").Append(category).Append('[').Append(eventId.Id).Append("] ").Append(formatter(state, exception));
+        line.Append(": ").Append(_category).Append('[').Append(eventId.Id).Append("] ").Append(formatter(state, exception));
         if (exception is not null)
         {
             line.Append(" (").Append(exception.Message).Append(')');
         }
 
-        byte[] bytes = Encoding.UTF8.GetBytes(line.Append('\n').ToString());
-        lock (_gate)
+        if (!_queue.Writer.TryWrite(Encoding.UTF8.GetBytes(line.Append('\n').ToString())))
         {
-            try
+            Interlocked.Increment(ref _dropped);
+        }
+    }
+
+    private void WriteLoop()
+    {
+        var reader = _queue.Reader;
+        while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+        {
+            while (reader.TryRead(out var line))
             {
-                _stderr.Write(bytes);
-            }
-            catch (IOException)
-            {
-                // stderr is gone: nothing to tell, and no reason to stop serving.
+                try
+                {
+                    long dropped = Interlocked.Exchange(ref _dropped, 0);
+                    if (dropped > 0)
+                    {
+                        _stderr.Write(Encoding.UTF8.GetBytes($"{DateTime.Now:HH:mm:ss.fff} warn: {_category}[0] {dropped} log lines dropped: stderr was not being read\n"));
+                    }
+
+                    _stderr.Write(line);
+                }
+                catch (IOException)
+                {
+                    // stderr is gone: nothing to tell, and no reason to stop serving.
+                }
             }
         }
     }
+
+    /// <summary>Writes what is queued (bounded: a stderr nobody reads cannot hold the exit for long).</summary>
+    public void Flush()
+    {
+        _queue.Writer.TryComplete();
+        _writer.Join(TimeSpan.FromSeconds(2));
+    }
+
+    public void Dispose() => Flush();
 }

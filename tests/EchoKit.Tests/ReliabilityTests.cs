@@ -66,6 +66,33 @@ public sealed class ReliabilityTests
     [Theory]
     [InlineData("epoll")]
     [InlineData("socket")]
+    public async Task A_stderr_nobody_reads_never_stalls_the_server_and_dropped_log_lines_are_counted(string engine)
+    {
+        int port = FreePort();
+        await using var server = ChildProcess.StartProgram("dotnet", stdoutPaused: false, stderrPaused: true,
+            ChildProcess.CliPath, "serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--quiet", "--no-greeting", "--engine", engine);
+        await WaitUntilListeningAsync(port, Deadline);
+
+        // 3,000 connections log 6,000 lines (about 600 KB): far more than a pipe holds (64 KiB) and
+        // more than the logger queues; every log write after that would block if the server waited.
+        for (int i = 0; i < 3000; i++)
+        {
+            using var brief = await ConnectAsync(port);
+        }
+
+        using (var client = await ConnectAsync(port))
+        {
+            await AssertEchoesAsync(client);
+        }
+
+        server.ResumeStderr();
+        await server.WaitForStderrAsync("log lines dropped: stderr was not being read", Deadline);
+        await StopAsync(server);
+    }
+
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
     public async Task Max_connections_refuses_one_more_with_a_line_keeps_the_others_and_recovers(string engine)
     {
         var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting", "--max-connections", "3");

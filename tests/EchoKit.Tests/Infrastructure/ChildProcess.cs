@@ -18,15 +18,21 @@ public sealed partial class ChildProcess : IAsyncDisposable
     private readonly Task _stderrPump;
     private readonly object _gate = new();
     private readonly TaskCompletionSource _stdoutGate = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _stderrGate = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _stdoutChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _stderrChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    private ChildProcess(Process process, bool stdoutPaused = false)
+    private ChildProcess(Process process, bool stdoutPaused = false, bool stderrPaused = false)
     {
         _process = process;
         if (!stdoutPaused)
         {
             _stdoutGate.SetResult();
+        }
+
+        if (!stderrPaused)
+        {
+            _stderrGate.SetResult();
         }
 
         _stdoutPump = PumpStdoutAsync();
@@ -49,7 +55,11 @@ public sealed partial class ChildProcess : IAsyncDisposable
     /// Starts a program; with <paramref name="stdoutPaused"/> nobody reads its stdout (a full pipe,
     /// as with a slow terminal) until <see cref="ResumeStdout"/>.
     /// </summary>
-    public static ChildProcess StartProgram(string file, bool stdoutPaused, params string[] args)
+    public static ChildProcess StartProgram(string file, bool stdoutPaused, params string[] args) =>
+        StartProgram(file, stdoutPaused, stderrPaused: false, args);
+
+    /// <summary>As above; with <paramref name="stderrPaused"/> nobody reads its stderr until <see cref="ResumeStderr"/>.</summary>
+    public static ChildProcess StartProgram(string file, bool stdoutPaused, bool stderrPaused, params string[] args)
     {
         var info = new ProcessStartInfo(file)
         {
@@ -63,7 +73,7 @@ public sealed partial class ChildProcess : IAsyncDisposable
             info.ArgumentList.Add(arg);
         }
 
-        return new ChildProcess(Process.Start(info) ?? throw new InvalidOperationException($"could not start {file}"), stdoutPaused);
+        return new ChildProcess(Process.Start(info) ?? throw new InvalidOperationException($"could not start {file}"), stdoutPaused, stderrPaused);
     }
 
     /// <summary>Runs echokit to completion with <paramref name="stdin"/> as its input (then EOF).</summary>
@@ -141,8 +151,12 @@ public sealed partial class ChildProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>Starts reading stderr of a process started with stderr paused.</summary>
+    public void ResumeStderr() => _stderrGate.TrySetResult();
+
     private async Task PumpStderrAsync()
     {
+        await _stderrGate.Task;
         string? line;
         while ((line = await _process.StandardError.ReadLineAsync()) is not null)
         {
