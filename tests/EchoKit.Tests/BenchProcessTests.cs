@@ -115,6 +115,59 @@ public sealed class BenchProcessTests
         Assert.Contains("echoed bytes differed", result.Stderr, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task Connections_the_server_drops_mid_run_are_counted_exit_10(string engine)
+    {
+        // An echo server that closes every second connection after echoing 6,400 bytes (100 messages).
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        using var stop = new CancellationTokenSource();
+        var serve = Task.Run(async () =>
+        {
+            for (int n = 0; !stop.IsCancellationRequested; n++)
+            {
+                var peer = await listener.AcceptAsync(stop.Token);
+                long limit = n % 2 == 1 ? 6_400 : long.MaxValue;
+                _ = Task.Run(async () =>
+                {
+                    using (peer)
+                    {
+                        var buffer = new byte[4096];
+                        long echoed = 0;
+                        try
+                        {
+                            int got;
+                            while (echoed < limit && (got = await peer.ReceiveAsync(buffer, stop.Token)) > 0)
+                            {
+                                int take = (int)Math.Min(got, limit - echoed);
+                                await peer.SendAsync(buffer.AsMemory(0, take), stop.Token);
+                                echoed += take;
+                            }
+                        }
+                        catch (Exception e) when (e is SocketException or OperationCanceledException)
+                        {
+                            // Benchmark over.
+                        }
+                    }
+                });
+            }
+        });
+
+        var result = await ChildProcess.RunAsync(ExitDeadline, null,
+            "bench", $"127.0.0.1:{((IPEndPoint)listener.LocalEndPoint!).Port}", "-c", "4", "-t", "1s", "--warmup", "200ms",
+            "--skip-greeting", "0", "--json", "--engine", engine);
+        await stop.CancelAsync();
+
+        Assert.Equal(10, result.ExitCode);
+        Assert.Contains("2 of 4 connections failed (0 could not connect, 2 dropped)", result.Stderr, StringComparison.Ordinal);
+        using var json = JsonDocument.Parse(result.StdoutText);
+        Assert.Equal(2, json.RootElement.GetProperty("active_at_end").GetInt64());
+        Assert.Equal(0, json.RootElement.GetProperty("mismatches").GetInt64());
+    }
+
     [Fact]
     public async Task Nobody_listening_is_connection_refused_exit_5()
     {
