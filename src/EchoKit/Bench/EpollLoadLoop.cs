@@ -374,27 +374,39 @@ internal sealed unsafe class EpollLoadLoop
         c.ReceivePosition += n;
         long now = Stopwatch.GetTimestamp();
         long doneThrough = (c.ReceivePosition - c.StartOffset) / _size;
-        int completed = 0;
         bool measuring = _owner.Measuring;
         var histogram = _histogram ??= _owner.ThreadHistogram; // this loop thread's own
         var queued = c.Queued;
-        while (c.Head < doneThrough)
+        long head = c.Head;
+        long done = Math.Min(doneThrough, c.Tail);
+        if (doneThrough > c.Tail)
         {
-            if (c.Head >= c.Tail)
+            c.Mismatches++; // more came back than was sent
+        }
+
+        int completed = (int)(done - head);
+        while (head < done)
+        {
+            // Messages queued together carry one timestamp (closed loop queues a batch at once): record
+            // each run of equal timestamps with one histogram call.
+            long sentAt = queued[(int)(head & c.Mask)];
+            long run = 1;
+            while (head + run < done && queued[(int)((head + run) & c.Mask)] == sentAt)
             {
-                c.Mismatches++; // more came back than was sent
-                c.Head = doneThrough;
-                break;
+                run++;
             }
 
-            long sentAt = queued[(int)(c.Head++ & c.Mask)];
+            head += run;
             if (measuring)
             {
-                histogram.RecordValue(Math.Max(0, LoadConnection.TicksBetween(sentAt, now)));
-                c.MeasuredMessages++;
+                histogram.RecordValueWithCount(Math.Max(0, LoadConnection.TicksBetween(sentAt, now)), run);
             }
+        }
 
-            completed++;
+        c.Head = doneThrough > c.Tail ? doneThrough : head;
+        if (measuring)
+        {
+            c.MeasuredMessages += completed;
         }
 
         if (!_openLoop && completed > 0)
