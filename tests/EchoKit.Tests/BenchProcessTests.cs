@@ -64,50 +64,21 @@ public sealed class BenchProcessTests
     public async Task A_server_that_corrupts_bytes_is_caught_exit_9(string engine)
     {
         // An "echo" server that flips one bit of every 1000th byte.
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen();
-        using var stop = new CancellationTokenSource();
-        var serve = Task.Run(async () =>
+        using var server = new TamperingEchoServer((_, position, data) =>
         {
-            while (!stop.IsCancellationRequested)
+            for (int i = 0; i < data.Length; i++)
             {
-                var peer = await listener.AcceptAsync(stop.Token);
-                _ = Task.Run(async () =>
+                if ((position + i) % 1000 == 999)
                 {
-                    using (peer)
-                    {
-                        var buffer = new byte[4096];
-                        long position = 0;
-                        try
-                        {
-                            int n;
-                            while ((n = await peer.ReceiveAsync(buffer, stop.Token)) > 0)
-                            {
-                                for (int i = 0; i < n; i++)
-                                {
-                                    if ((position + i) % 1000 == 999)
-                                    {
-                                        buffer[i] ^= 1;
-                                    }
-                                }
-
-                                position += n;
-                                await peer.SendAsync(buffer.AsMemory(0, n), stop.Token);
-                            }
-                        }
-                        catch (Exception e) when (e is SocketException or OperationCanceledException)
-                        {
-                            // Benchmark over.
-                        }
-                    }
-                });
+                    data[i] ^= 1;
+                }
             }
+
+            return data.Length;
         });
 
         var result = await ChildProcess.RunAsync(ExitDeadline, null,
-            "bench", $"127.0.0.1:{((IPEndPoint)listener.LocalEndPoint!).Port}", "-c", "2", "-t", "500ms", "--warmup", "0", "--skip-greeting", "0", "--json", "--engine", engine);
-        await stop.CancelAsync();
+            "bench", $"127.0.0.1:{server.Port}", "-c", "2", "-t", "500ms", "--warmup", "0", "--skip-greeting", "0", "--json", "--engine", engine);
 
         Assert.Equal(9, result.ExitCode);
         using var json = JsonDocument.Parse(result.StdoutText);
@@ -121,45 +92,12 @@ public sealed class BenchProcessTests
     public async Task Connections_the_server_drops_mid_run_are_counted_exit_10(string engine)
     {
         // An echo server that closes every second connection after echoing 6,400 bytes (100 messages).
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen();
-        using var stop = new CancellationTokenSource();
-        var serve = Task.Run(async () =>
-        {
-            for (int n = 0; !stop.IsCancellationRequested; n++)
-            {
-                var peer = await listener.AcceptAsync(stop.Token);
-                long limit = n % 2 == 1 ? 6_400 : long.MaxValue;
-                _ = Task.Run(async () =>
-                {
-                    using (peer)
-                    {
-                        var buffer = new byte[4096];
-                        long echoed = 0;
-                        try
-                        {
-                            int got;
-                            while (echoed < limit && (got = await peer.ReceiveAsync(buffer, stop.Token)) > 0)
-                            {
-                                int take = (int)Math.Min(got, limit - echoed);
-                                await peer.SendAsync(buffer.AsMemory(0, take), stop.Token);
-                                echoed += take;
-                            }
-                        }
-                        catch (Exception e) when (e is SocketException or OperationCanceledException)
-                        {
-                            // Benchmark over.
-                        }
-                    }
-                });
-            }
-        });
+        using var server = new TamperingEchoServer((connection, position, data) =>
+            connection % 2 == 1 ? (int)Math.Clamp(6_400 - position, 0, data.Length) : data.Length);
 
         var result = await ChildProcess.RunAsync(ExitDeadline, null,
-            "bench", $"127.0.0.1:{((IPEndPoint)listener.LocalEndPoint!).Port}", "-c", "4", "-t", "1s", "--warmup", "200ms",
+            "bench", $"127.0.0.1:{server.Port}", "-c", "4", "-t", "1s", "--warmup", "200ms",
             "--skip-greeting", "0", "--json", "--engine", engine);
-        await stop.CancelAsync();
 
         Assert.Equal(10, result.ExitCode);
         Assert.Contains("2 of 4 connections failed (0 could not connect, 2 dropped)", result.Stderr, StringComparison.Ordinal);
@@ -187,4 +125,76 @@ public sealed class BenchProcessTests
     [InlineData("invalid --skip-greeting value '-1'", "--skip-greeting", "-1")]
     public Task Bench_flags_are_validated(string expected, params string[] args) =>
         ServeProcessTests.AssertUsageErrorAsync(expected, ["bench", "127.0.0.1:9", .. args]);
+}
+
+/// <summary>
+/// A loopback "echo" server that misbehaves on purpose, for checking that bench notices. Each received
+/// chunk goes through <c>tamper(connection number, stream position, bytes)</c>, which may change the bytes
+/// and returns how many to send back; fewer than were received ends that connection.
+/// </summary>
+internal sealed class TamperingEchoServer : IDisposable
+{
+    private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+    private readonly CancellationTokenSource _stop = new();
+
+    public delegate int Tamper(int connection, long position, Span<byte> data);
+
+    public TamperingEchoServer(Tamper tamper)
+    {
+        _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _listener.Listen();
+        _ = Task.Run(() => AcceptLoopAsync(tamper));
+    }
+
+    public int Port => ((IPEndPoint)_listener.LocalEndPoint!).Port;
+
+    private async Task AcceptLoopAsync(Tamper tamper)
+    {
+        try
+        {
+            for (int connection = 0; ; connection++)
+            {
+                var peer = await _listener.AcceptAsync(_stop.Token);
+                int number = connection;
+                _ = Task.Run(() => EchoAsync(peer, number, tamper));
+            }
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            // Test over.
+        }
+    }
+
+    private async Task EchoAsync(Socket peer, int connection, Tamper tamper)
+    {
+        using (peer)
+        {
+            var buffer = new byte[4096];
+            long position = 0;
+            try
+            {
+                int received;
+                while ((received = await peer.ReceiveAsync(buffer, _stop.Token)) > 0)
+                {
+                    int send = tamper(connection, position, buffer.AsSpan(0, received));
+                    await peer.SendAsync(buffer.AsMemory(0, send), _stop.Token);
+                    position += send;
+                    if (send < received)
+                    {
+                        return;
+                    }
+                }
+            }
+            catch (Exception e) when (e is SocketException or OperationCanceledException)
+            {
+                // Benchmark over.
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel(); // not disposed: connections still running read its token as they wind down
+        _listener.Dispose();
+    }
 }
