@@ -487,9 +487,5 @@ internal sealed unsafe class EpollLoadLoop
         Control(Native.EPOLL_CTL_DEL, c.Fd, 0, 0);
     }
 
-    private int Control(int op, int fd, uint events, ulong token)
-    {
-        var e = new Native.EpollEvent { Events = events, Data = token };
-        return Native.EpollCtl(_epoll, op, fd, &e);
-    }
+    private int Control(int op, int fd, uint events, ulong token) => Native.EpollControl(_epoll, op, fd, events, token);
 }

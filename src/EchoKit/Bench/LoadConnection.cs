@@ -46,12 +46,15 @@ internal sealed class LoadConnection : ILoadFlow
     public static async Task<LoadConnection> OpenAsync(LoadGenerator owner, int index, EndPoint endPoint, CancellationToken cancellationToken) =>
         new(owner, await ConnectAsync(owner.Options, endPoint, cancellationToken).ConfigureAwait(false), owner.StartOffset(index));
 
+    /// <summary>A Unix stream socket, or a TCP one with TCP_NODELAY.</summary>
+    private static Socket NewStreamSocket(EndPoint endPoint) => endPoint is UnixDomainSocketEndPoint
+        ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+        : new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+
     /// <summary>Connects (TCP with TCP_NODELAY, or a Unix stream socket) and reads the greeting; the socket is closed on failure.</summary>
     internal static async Task<Socket> ConnectAsync(BenchOptions options, EndPoint endPoint, CancellationToken cancellationToken)
     {
-        var socket = endPoint is UnixDomainSocketEndPoint
-            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-            : new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        var socket = NewStreamSocket(endPoint);
         try
         {
             using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
@@ -78,9 +81,7 @@ internal sealed class LoadConnection : ILoadFlow
     /// </summary>
     internal static Socket ConnectBlocking(BenchOptions options, EndPoint endPoint)
     {
-        var socket = endPoint is UnixDomainSocketEndPoint
-            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-            : new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        var socket = NewStreamSocket(endPoint);
         try
         {
             socket.SendTimeout = (int)Math.Min(int.MaxValue, options.ConnectTimeout.TotalMilliseconds);

@@ -449,11 +449,7 @@ internal sealed unsafe class EpollLoop
         c.Events = wanted;
     }
 
-    private int Control(int op, int fd, uint events, ulong token)
-    {
-        var e = new Native.EpollEvent { Events = events, Data = token };
-        return Native.EpollCtl(_epoll, op, fd, &e);
-    }
+    private int Control(int op, int fd, uint events, ulong token) => Native.EpollControl(_epoll, op, fd, events, token);
 
     private void ListenerAdd()
     {

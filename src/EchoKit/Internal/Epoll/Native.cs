@@ -100,6 +100,13 @@ internal static unsafe partial class Native
 
     public static int LastError => Marshal.GetLastPInvokeError();
 
+    /// <summary>epoll_ctl with the event built here: <paramref name="token"/> comes back as the event's data.</summary>
+    public static int EpollControl(int epfd, int op, int fd, uint events, ulong token)
+    {
+        var e = new EpollEvent { Events = events, Data = token };
+        return EpollCtl(epfd, op, fd, &e);
+    }
+
     /// <summary>errno as .NET's SocketError, for close reasons and log lines (the runtime's SocketErrorPal table, the few that occur here).</summary>
     public static SocketError ToSocketError(int errno) => errno switch
     {
