@@ -43,41 +43,19 @@ internal sealed class LoadConnection : ILoadFlow
 
     public bool Failed => _failed;
 
-    public static async Task<LoadConnection> OpenAsync(LoadGenerator owner, int index, EndPoint endPoint, CancellationToken cancellationToken) =>
-        new(owner, await ConnectAsync(owner.Options, endPoint, cancellationToken).ConfigureAwait(false), owner.StartOffset(index));
+    public static LoadConnection Open(LoadGenerator owner, int index, Socket connected) => new(owner, connected, owner.StartOffset(index));
 
     /// <summary>A Unix stream socket, or a TCP one with TCP_NODELAY.</summary>
     private static Socket NewStreamSocket(EndPoint endPoint) => endPoint is UnixDomainSocketEndPoint
         ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
         : new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
 
-    /// <summary>Connects (TCP with TCP_NODELAY, or a Unix stream socket) and reads the greeting; the socket is closed on failure.</summary>
-    internal static async Task<Socket> ConnectAsync(BenchOptions options, EndPoint endPoint, CancellationToken cancellationToken)
-    {
-        var socket = NewStreamSocket(endPoint);
-        try
-        {
-            using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
-            {
-                timeout.CancelAfter(options.ConnectTimeout);
-                await socket.ConnectAsync(endPoint, timeout.Token).ConfigureAwait(false);
-            }
-
-            await SkipGreetingAsync(socket, options.SkipGreeting, cancellationToken).ConfigureAwait(false);
-            return socket;
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-    }
-
     /// <summary>
-    /// The same with synchronous calls only, for sockets the epoll engine will drive: an asynchronous
-    /// call would register the socket with the runtime's own epoll thread, which then wakes up for every
-    /// message beside our loop (measured: 60k vs 107k msgs/s with 100 connections, 30k involuntary
-    /// context switches in 3 s). The connect timeout is SO_SNDTIMEO, which Linux applies to connect().
+    /// Connects and reads the greeting, with synchronous calls only (run it on the thread pool): for
+    /// sockets the epoll engine will drive, an asynchronous call would register the socket with the
+    /// runtime's own epoll thread, which then wakes up for every message beside our loop (measured: 60k
+    /// vs 107k msgs/s with 100 connections, 30k involuntary context switches in 3 s). The connect
+    /// timeout is SO_SNDTIMEO, which Linux applies to connect(). The socket is closed on failure.
     /// </summary>
     internal static Socket ConnectBlocking(BenchOptions options, EndPoint endPoint)
     {
@@ -105,7 +83,10 @@ internal sealed class LoadConnection : ILoadFlow
         }
     }
 
-    /// <summary><see cref="SkipGreetingAsync"/> with poll(2) and synchronous reads.</summary>
+    /// <summary>
+    /// Reads the server's greeting. A count reads exactly that many bytes. Auto: wait up to 300 ms for
+    /// unsolicited bytes; EchoKit's 181-byte greeting is read whole, anything else until 100 ms pass quietly.
+    /// </summary>
     private static void SkipGreetingBlocking(Socket socket, int? count)
     {
         var buffer = new byte[Math.Max(4096, count ?? 0)];
@@ -143,58 +124,6 @@ internal sealed class LoadConnection : ILoadFlow
             }
 
             bool isEchoKitGreeting = total + n <= greeting.Length && buffer.AsSpan(0, n).SequenceEqual(greeting.Slice(total, n));
-            total += n;
-            if (isEchoKitGreeting && total == greeting.Length)
-            {
-                return;
-            }
-
-            wait = TimeSpan.FromMilliseconds(100);
-        }
-    }
-
-    /// <summary>
-    /// Reads the server's greeting. A count reads exactly that many bytes. Auto: wait up to 300 ms for
-    /// unsolicited bytes; EchoKit's 181-byte greeting is read whole, anything else until 100 ms pass quietly.
-    /// </summary>
-    private static async Task SkipGreetingAsync(Socket socket, int? count, CancellationToken cancellationToken)
-    {
-        if (count is { } exact)
-        {
-            if (exact > 0)
-            {
-                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-                timeout.CancelAfter(TimeSpan.FromSeconds(10));
-                await Client.SocketTransfer.ReceiveExactlyAsync(socket, new byte[exact], timeout.Token).ConfigureAwait(false);
-            }
-
-            return;
-        }
-
-        var greeting = Greeting.Bytes;
-        var buffer = new byte[4096];
-        int total = 0;
-        var wait = TimeSpan.FromMilliseconds(300);
-        while (true)
-        {
-            using var quiet = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            quiet.CancelAfter(wait);
-            int n;
-            try
-            {
-                n = await socket.ReceiveAsync(buffer.AsMemory(0, total < greeting.Length ? greeting.Length - total : buffer.Length), SocketFlags.None, quiet.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-            {
-                return; // quiet: whatever came was the greeting
-            }
-
-            if (n == 0)
-            {
-                throw new IOException("the server closed the connection before the benchmark started");
-            }
-
-            bool isEchoKitGreeting = total + n <= greeting.Length && buffer.AsSpan(0, n).SequenceEqual(greeting.Span.Slice(total, n));
             total += n;
             if (isEchoKitGreeting && total == greeting.Length)
             {

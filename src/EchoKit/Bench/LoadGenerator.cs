@@ -113,9 +113,16 @@ public sealed class LoadGenerator
             await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
-                ILoadFlow worker = _options.Udp ? UdpLoadConnection.Open(this, i, endPoint)
-                    : epoll ? new EpollLoadConnection(this, await Task.Run(() => LoadConnection.ConnectBlocking(_options, endPoint), cancellationToken).ConfigureAwait(false), StartOffset(i), i)
-                    : await LoadConnection.OpenAsync(this, i, endPoint, cancellationToken).ConfigureAwait(false);
+                ILoadFlow worker;
+                if (_options.Udp)
+                {
+                    worker = UdpLoadConnection.Open(this, i, endPoint);
+                }
+                else
+                {
+                    var socket = await Task.Run(() => LoadConnection.ConnectBlocking(_options, endPoint), cancellationToken).ConfigureAwait(false);
+                    worker = epoll ? new EpollLoadConnection(this, socket, StartOffset(i), i) : LoadConnection.Open(this, i, socket);
+                }
                 lock (_workers)
                 {
                     _workers.Add(worker);
