@@ -69,6 +69,22 @@ internal static class CliOptions
     }
 
     /// <summary>-4 / -6: restrict to one address family.</summary>
+    /// <summary>--engine for serve and bench; asking for epoll where it cannot run is a usage error.</summary>
+    public static Option<EchoEngine> Engine(string description)
+    {
+        var option = new Option<EchoEngine>("--engine") { Description = description, DefaultValueFactory = _ => EchoEngine.Auto };
+        option.Validators.Add(r =>
+        {
+            // Read the token, not the value: a value that does not parse is reported by the parser itself.
+            if (r.Tokens.Count > 0 && Enum.TryParse(r.Tokens[0].Value, ignoreCase: true, out EchoEngine asked)
+                && asked == EchoEngine.Epoll && !EchoServer.EpollSupported)
+            {
+                r.AddError("--engine epoll runs on Linux x86-64 only; use --engine socket");
+            }
+        });
+        return option;
+    }
+
     public static (Option<bool> Four, Option<bool> Six) FamilyOptions() =>
         (new Option<bool>("-4") { Description = "IPv4 only" }, new Option<bool>("-6") { Description = "IPv6 only" });
 

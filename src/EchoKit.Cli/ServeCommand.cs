@@ -80,11 +80,7 @@ internal static class ServeCommand
             DefaultValueFactory = _ => LogLevel.Information,
         };
 
-        var engine = new Option<EchoEngine>("--engine")
-        {
-            Description = "Stream connections on our own epoll loops (Linux x86-64) or on .NET's Socket API; auto picks epoll where it runs",
-            DefaultValueFactory = _ => EchoEngine.Auto,
-        };
+        var engine = CliOptions.Engine("Stream connections on our own epoll loops (Linux x86-64) or on .NET's Socket API; auto picks epoll where it runs");
         var loops = CliOptions.Integer("--loops", "Event loops of the epoll engine (0: one per CPU this process may use)", 0, 0, 256);
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
@@ -164,11 +160,6 @@ internal static class ServeCommand
                 Engine = result.GetValue(engine),
                 EngineLoops = result.GetValue(loops),
             };
-            if (options.Engine == EchoEngine.Epoll && !EchoServer.EpollSupported)
-            {
-                return Program.FailUsage("serve", "--engine epoll runs on Linux x86-64 only; use --engine socket");
-            }
-
             return await RunAsync(options, result.GetValue(quiet), result.GetValue(logLevel)).ConfigureAwait(false);
         });
         return command;
