@@ -28,7 +28,7 @@ namespace EchoKit.Cli
             {
                 // One line: the first problem, and where to read more.
                 string more = parsed.Errors.Count > 1 ? $" (and {parsed.Errors.Count - 1} more)" : "";
-                return Fail(ExitCodes.Usage, $"{parsed.Errors[0].Message.TrimEnd('.')}{more}; see '{UsageOf(parsed)} --help'");
+                return Fail(ExitCodes.Usage, $"{OneLine(parsed.Errors[0].Message).TrimEnd('.')}{more}; see '{UsageOf(parsed)} --help'");
             }
 
             try
@@ -55,6 +55,16 @@ namespace EchoKit.Cli
         {
             Console.Error.WriteLine($"echokit: {message}");
             return exitCode;
+        }
+
+        /// <summary>
+        /// System.CommandLine lists suggestions on lines of their own ("Did you mean one of the following?\nAuto\nEpoll");
+        /// a usage error is one line: "… following? Auto, Epoll, Socket".
+        /// </summary>
+        private static string OneLine(string message)
+        {
+            var lines = message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            return lines.Length <= 1 ? message : $"{lines[0]} {string.Join(", ", lines[1..])}";
         }
 
         private static string UsageOf(ParseResult parsed)
