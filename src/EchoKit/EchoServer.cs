@@ -340,13 +340,14 @@ public sealed class EchoServer : IAsyncDisposable
 
     internal void OnConnectionClosed(EchoConnection connection, ClosedConnection closed)
     {
+        // Logged and announced before the stop can see the server drained: otherwise the "stopped" line,
+        // and the process's exit, could overtake this connection's "closed" line.
+        ReportClosed(closed);
         _connections.TryRemove(connection.Id, out _);
         if (Volatile.Read(ref _state) == 2 && _connections.IsEmpty)
         {
             _drained.TrySetResult();
         }
-
-        ReportClosed(closed);
     }
 
     /// <summary>

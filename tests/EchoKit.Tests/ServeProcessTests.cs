@@ -130,7 +130,7 @@ public sealed class ServeProcessTests
             server.Signal(ChildProcess.SIGTERM);
             Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
             Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(15));
-            Assert.Contains("aborted at shutdown timeout", server.StandardErrorText, StringComparison.Ordinal);
+            Assert.True(server.StandardErrorText.Contains("aborted at shutdown timeout", StringComparison.Ordinal), server.StandardErrorText);
         }
     }
 
