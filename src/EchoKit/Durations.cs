@@ -2,7 +2,7 @@ using System.Globalization;
 
 namespace EchoKit;
 
-/// <summary>Durations as users type them: <c>500ms</c>, <c>2s</c>, <c>5m</c>, <c>1h</c>, or plain (fractional) seconds.</summary>
+/// <summary>Durations as users type them: <c>50us</c>, <c>500ms</c>, <c>2s</c>, <c>5m</c>, <c>1h</c>, or plain (fractional) seconds.</summary>
 public static class Durations
 {
     // No inner white space ("10 s"), no thousands separators, no currency: a number and a unit.
@@ -10,7 +10,7 @@ public static class Durations
 
     private static readonly (string Suffix, double Milliseconds)[] Units =
     [
-        ("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000),
+        ("us", 0.001), ("µs", 0.001), ("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000),
     ];
 
     /// <summary>Parses a duration; on failure <paramref name="error"/> says why in words.</summary>
@@ -62,7 +62,7 @@ public static class Durations
         return true;
     }
 
-    /// <summary>The shortest exact form: 500ms, 2s, 1.5s, 5m, 1h.</summary>
+    /// <summary>The shortest exact form: 50us, 500ms, 2s, 1.5s, 5m, 1h.</summary>
     public static string Format(TimeSpan value)
     {
         if (value == Timeout.InfiniteTimeSpan)
@@ -79,6 +79,11 @@ public static class Durations
         if (ms != 0 && ms % 60_000 == 0)
         {
             return $"{ms / 60_000}m";
+        }
+
+        if (ms != 0 && ms < 1)
+        {
+            return (ms * 1000).ToString("0.###", CultureInfo.InvariantCulture) + "us";
         }
 
         return ms % 1000 == 0 || ms >= 1000

@@ -68,6 +68,14 @@ public sealed record EchoServerOptions
     /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
     public int EngineLoops { get; init; }
 
+    /// <summary>
+    /// Epoll engine: while traffic is dense (the recent gaps between batches of events are shorter than
+    /// this), an event loop polls for up to this long before it sleeps in epoll_wait, so that a client's
+    /// next message finds it awake: no wake-up to pay on either side. Sparse traffic and idle servers
+    /// sleep at once. <see cref="TimeSpan.Zero"/> disables.
+    /// </summary>
+    public TimeSpan BusyPoll { get; init; } = TimeSpan.FromMicroseconds(50);
+
     /// <summary>Disable Nagle on accepted sockets, so that echoes leave at once.</summary>
     public bool NoDelay { get; init; } = true;
 }

@@ -8,6 +8,8 @@ public sealed class ParsingTests
 {
     [Theory]
     [InlineData("500ms", 500)]
+    [InlineData("50us", 0.05)]
+    [InlineData("50µs", 0.05)]
     [InlineData("2s", 2000)]
     [InlineData("1.5s", 1500)]
     [InlineData("5m", 300_000)]
@@ -36,6 +38,7 @@ public sealed class ParsingTests
 
     [Theory]
     [InlineData(500, "500ms")]
+    [InlineData(0.05, "50us")]
     [InlineData(2000, "2s")]
     [InlineData(1500, "1.5s")]
     [InlineData(300_000, "5m")]

@@ -37,6 +37,40 @@ public sealed class ServeProcessTests
     }
 
     [Fact]
+    public async Task Busy_polling_ends_with_the_traffic_so_an_idle_server_uses_no_CPU()
+    {
+        // Ping-pong on one connection is dense traffic: the epoll loop polls between messages instead of
+        // sleeping. Once the messages stop (the connection stays open) it must go back to sleeping.
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--engine", "epoll", "--busy-poll", "2ms");
+        await using (server)
+        {
+            using var client = await ConnectAsync(port);
+            var message = new byte[64];
+            for (int i = 0; i < 2000; i++)
+            {
+                await client.SendAsync(message);
+                await ReceiveExactlyAsync(client, message.Length);
+            }
+
+            long before = CpuTicks(server.Pid);
+            await Task.Delay(TimeSpan.FromSeconds(1)); // the window measured, not a wait for something
+            long used = CpuTicks(server.Pid) - before;
+            Assert.True(used <= 10, $"the idle server used {used * 10} ms of CPU in 1 s (a loop that keeps polling uses ~1000)");
+
+            await client.SendAsync(message); // and it still answers
+            Assert.Equal(message, await ReceiveExactlyAsync(client, message.Length));
+        }
+    }
+
+    /// <summary>User + system CPU time of a process so far, in clock ticks (1/100 s), from /proc/PID/stat.</summary>
+    private static long CpuTicks(int pid)
+    {
+        string stat = File.ReadAllText($"/proc/{pid}/stat");
+        string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' '); // fields from the 3rd (state) on
+        return long.Parse(fields[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(fields[12], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    [Fact]
     public async Task Quiet_prints_nothing_to_stdout()
     {
         var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting");
@@ -265,6 +299,8 @@ public sealed class ServeProcessTests
     [InlineData("'nope' for option '--engine'", "serve", "--engine", "nope")]
     [InlineData("Did you mean one of the following? Auto, Epoll, Socket", "bench", "127.0.0.1:9", "--engine", "banana")]
     [InlineData("'loud' for option '--log-level'", "serve", "--log-level", "loud")]
+    [InlineData("invalid --busy-poll value: '20ms' is too long (at most 10ms", "serve", "--busy-poll", "20ms")]
+    [InlineData("invalid --busy-poll value: 'fast' is not a duration", "serve", "--busy-poll", "fast")]
     [InlineData("missing HOST (or --unix PATH)", "connect")]
     [InlineData("invalid port '0'", "connect", "127.0.0.1", "0")]
     [InlineData("invalid port 'x'", "connect", "127.0.0.1:x")]

@@ -54,8 +54,15 @@ internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? pe
 
     public int PendingBytes => PendingLength - PendingOffset;
 
-    /// <summary>EPOLLIN normally; EPOLLOUT alone while bytes wait to be sent; nothing while the sink is full.</summary>
-    public uint WantedEvents => PendingBytes > 0 ? Native.EPOLLOUT : SinkBlocked ? 0 : Native.EPOLLIN;
+    /// <summary>What a connection that is reading waits for: bytes or the peer's FIN, edge-triggered.</summary>
+    public const uint ReadEvents = Native.EPOLLIN | Native.EPOLLRDHUP | Native.EPOLLET;
+
+    /// <summary>
+    /// <see cref="ReadEvents"/> normally; EPOLLOUT alone (level-triggered) while bytes wait to be sent;
+    /// nothing while the sink is full. Going back to reading (EPOLL_CTL_MOD or ADD) makes epoll look at
+    /// the socket again, so bytes that arrived meanwhile are reported without a new edge.
+    /// </summary>
+    public uint WantedEvents => PendingBytes > 0 ? Native.EPOLLOUT : SinkBlocked ? 0 : ReadEvents;
 
     public ulong Token => ((ulong)Serial << 32) | (uint)Fd;
 }

@@ -27,6 +27,7 @@ internal sealed unsafe class EpollLoop
 {
     private const int MaxEvents = 256;
     private const int AcceptBatch = 64;
+    private const int ReadRounds = 4;
     private const ulong ListenerFlag = 1UL << 63;
     private const ulong WakeToken = ulong.MaxValue;
     private static readonly TimeSpan MinBackoff = TimeSpan.FromMilliseconds(5);
@@ -59,6 +60,9 @@ internal sealed unsafe class EpollLoop
     private long _nextTickTicks;
     private bool _closed; // under the _commands lock: the eventfd is gone
     private long _now = Environment.TickCount64; // Environment.TickCount64 after the last epoll_wait
+    private readonly long _busyPollTicks; // Stopwatch ticks; 0: never poll, sleep at once
+    private readonly long _gapCapTicks;
+    private long _gapTicks; // moving average of the time the loop waited for its next events
 
     public EpollLoop(int index, EchoServer server, ILogger logger, (int Fd, bool Tcp)[] listeners)
     {
@@ -71,6 +75,9 @@ internal sealed unsafe class EpollLoop
         _timeoutTickMs = _idleMs > 0 || _sendMs > 0
             ? (int)ConnectionHeartbeat.PickInterval(options.IdleTimeout, options.SendTimeout).TotalMilliseconds
             : -1;
+        _busyPollTicks = (long)(options.BusyPoll.TotalSeconds * Stopwatch.Frequency);
+        _gapCapTicks = 16 * _busyPollTicks;
+        _gapTicks = _gapCapTicks; // start asleep: poll only once traffic has shown to be dense
         _buffer = GC.AllocateUninitializedArray<byte>(options.ReceiveBufferSize, pinned: true);
         _bufferPointer = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_buffer));
 
@@ -153,7 +160,7 @@ internal sealed unsafe class EpollLoop
         {
             while (!(_draining && _count == 0))
             {
-                int n = Native.EpollWait(_epoll, events, MaxEvents, WaitMs());
+                int n = Wait(events);
                 if (n < 0)
                 {
                     int errno = Native.LastError;
@@ -208,6 +215,39 @@ internal sealed unsafe class EpollLoop
         }
     }
 
+    /// <summary>
+    /// The next events. While traffic is dense (the average wait is within the busy-poll budget), poll
+    /// without sleeping for up to that budget first: the peer's next message then finds the loop awake,
+    /// which spares the wake-up on both sides (measured on this rig with the C epoll server: +13 % msgs/s
+    /// with 100 connections, -24 % p50 with one, at the same CPU per message under load). Otherwise, or
+    /// when the budget runs out, sleep in epoll_wait. Sparse traffic and idle servers never poll.
+    /// </summary>
+    private int Wait(Native.EpollEvent* events)
+    {
+        if (_busyPollTicks == 0)
+        {
+            return Native.EpollWait(_epoll, events, MaxEvents, WaitMs());
+        }
+
+        long start = Stopwatch.GetTimestamp();
+        int n = 0;
+        if (_gapTicks <= _busyPollTicks)
+        {
+            while ((n = Native.EpollWait(_epoll, events, MaxEvents, 0)) == 0 && Stopwatch.GetTimestamp() - start < _busyPollTicks)
+            {
+            }
+        }
+
+        if (n == 0)
+        {
+            n = Native.EpollWait(_epoll, events, MaxEvents, WaitMs());
+        }
+
+        long gap = Math.Min(Stopwatch.GetTimestamp() - start, _gapCapTicks);
+        _gapTicks += (gap - _gapTicks) / 4;
+        return n;
+    }
+
     /// <summary>How long epoll_wait may sleep: until the next tick when one is due, forever otherwise.</summary>
     private int WaitMs()
     {
@@ -254,36 +294,81 @@ internal sealed unsafe class EpollLoop
         }
         else
         {
-            OnReadable(connection); // EPOLLIN, or HUP/ERR: recv reports EOF or the error
+            OnReadable(connection, events); // EPOLLIN, or RDHUP/HUP/ERR: recv reports EOF or the error
         }
     }
 
-    private void OnReadable(EpollConnection c)
+    /// <summary>
+    /// Reads and echoes. Reading is edge-triggered (a level-triggered socket is polled again by the next
+    /// epoll_wait after every message, measured at 2 % of the C server's time): a read that comes back
+    /// short has emptied the socket, and bytes arriving later raise a new edge. Two cases need more:
+    /// a full read may have left bytes behind that nothing will announce, so read again, up to
+    /// <see cref="ReadRounds"/> times, then re-arm the socket (EPOLL_CTL_MOD looks at it again) so that
+    /// other connections get their turn; and when the event says the peer has shut down (RDHUP/HUP/ERR),
+    /// its FIN came with the bytes and a short read stops just before it: read on until recv says so.
+    /// </summary>
+    private void OnReadable(EpollConnection c, uint events)
     {
-        nint n = Native.Recv(c.Fd, _bufferPointer, (nuint)_buffer.Length, 0);
-        if (n > 0)
+        bool toTheEnd = (events & (Native.EPOLLRDHUP | Native.EPOLLHUP | Native.EPOLLERR)) != 0;
+        for (int round = 1; ; round++)
         {
-            c.LastReceiveTicks = _now;
-            c.BytesIn += n;
-            if (c.FinSent)
+            nint n = Native.Recv(c.Fd, _bufferPointer, (nuint)_buffer.Length, 0);
+            if (n <= 0)
             {
-                return; // we said goodbye at shutdown; drop what still arrives
-            }
-
-            if (!WriteOrKeep(c, _bufferPointer, (int)n) || _server.PayloadSink is not { } sink)
-            {
+                OnReadEnd(c, n);
                 return;
             }
 
-            var written = sink.WriteAsync(c.Id, _buffer.AsMemory(0, (int)n)); // the sink copies before it returns
-            if (written.IsCompletedSuccessfully)
+            if (!Echo(c, (int)n) || (n < _buffer.Length && !toTheEnd) || c.Events != EpollConnection.ReadEvents)
             {
-                return;
+                return; // closed, emptied, or no longer reading (bytes kept, sink full): reading again re-arms it
             }
 
+            if (round == ReadRounds)
+            {
+                if (Control(Native.EPOLL_CTL_MOD, c.Fd, c.Events, c.Token) < 0)
+                {
+                    Fail(c, Native.LastError);
+                }
+
+                return;
+            }
+        }
+    }
+
+    /// <summary>Echoes <paramref name="n"/> bytes just read into the loop's buffer; false if the connection ended.</summary>
+    private bool Echo(EpollConnection c, int n)
+    {
+        c.LastReceiveTicks = _now;
+        c.BytesIn += n;
+        if (c.FinSent)
+        {
+            return true; // we said goodbye at shutdown; drop what still arrives
+        }
+
+        if (!WriteOrKeep(c, _bufferPointer, n))
+        {
+            return false;
+        }
+
+        if (_server.PayloadSink is not { } sink)
+        {
+            return true;
+        }
+
+        var written = sink.WriteAsync(c.Id, _buffer.AsMemory(0, n)); // the sink copies before it returns
+        if (!written.IsCompletedSuccessfully)
+        {
             PauseForSink(c, written);
         }
-        else if (n == 0)
+
+        return true;
+    }
+
+    /// <summary>A read that returned 0 (the peer's FIN) or failed.</summary>
+    private void OnReadEnd(EpollConnection c, nint n)
+    {
+        if (n == 0)
         {
             c.PeerEof = true;
             if (c.PendingBytes == 0)

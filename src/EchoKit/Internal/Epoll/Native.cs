@@ -15,6 +15,8 @@ internal static unsafe partial class Native
     public const uint EPOLLERR = 0x008;
     public const uint EPOLLHUP = 0x010;
     public const uint EPOLLEXCLUSIVE = 1u << 28;
+    public const uint EPOLLRDHUP = 0x2000;
+    public const uint EPOLLET = 1u << 31;
 
     public const int SOCK_NONBLOCK = 0x800;
     public const int SOCK_CLOEXEC = 0x80000;
