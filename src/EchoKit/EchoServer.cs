@@ -391,13 +391,13 @@ public sealed class EchoServer : IAsyncDisposable
         }
 
         var all = _drained.Task;
-        long deadline = Environment.TickCount64 + (long)Options.ShutdownTimeout.TotalMilliseconds;
+        long deadline = MonotonicClock.Milliseconds + (long)Options.ShutdownTimeout.TotalMilliseconds;
         long quietMs = Math.Min(DrainQuietMs, (long)Options.ShutdownTimeout.TotalMilliseconds / 4);
         using var tick = new PeriodicTimer(TimeSpan.FromMilliseconds(10));
-        while (!all.IsCompleted && Environment.TickCount64 < deadline)
+        while (!all.IsCompleted && MonotonicClock.Milliseconds < deadline)
         {
             // Each connection says goodbye (FIN) once it has echoed what it had and gone quiet.
-            long now = Environment.TickCount64;
+            long now = MonotonicClock.Milliseconds;
             foreach (var connection in _connections.Values)
             {
                 connection.TryFinishDrain(now, quietMs);
@@ -437,7 +437,7 @@ public sealed class EchoServer : IAsyncDisposable
         }
 
         Log.ShuttingDown(_logger, ActiveConnections, (long)Options.ShutdownTimeout.TotalMilliseconds);
-        long deadline = Environment.TickCount64 + (long)Options.ShutdownTimeout.TotalMilliseconds;
+        long deadline = MonotonicClock.Milliseconds + (long)Options.ShutdownTimeout.TotalMilliseconds;
         long quietMs = Math.Min(DrainQuietMs, (long)Options.ShutdownTimeout.TotalMilliseconds / 4);
         foreach (var loop in loops)
         {

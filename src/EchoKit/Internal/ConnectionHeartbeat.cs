@@ -40,7 +40,7 @@ internal sealed class ConnectionHeartbeat : IDisposable
 
     private void Tick()
     {
-        long now = Environment.TickCount64;
+        long now = MonotonicClock.Milliseconds;
         foreach (var connection in _connections())
         {
             if (connection.Reason != CloseReason.None)

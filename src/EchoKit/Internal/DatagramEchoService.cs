@@ -236,7 +236,7 @@ internal sealed class DatagramEchoService : IDisposable
     private void Dropped(ref long counter)
     {
         Interlocked.Increment(ref counter);
-        long now = Environment.TickCount64;
+        long now = MonotonicClock.Milliseconds;
         long last = Interlocked.Read(ref _lastWarningTicks);
         if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastWarningTicks, now, last) == last)
         {
@@ -279,13 +279,13 @@ internal sealed class DatagramEchoService : IDisposable
     {
         private readonly object _gate = new();
         private double _tokens = perSecond;
-        private long _lastTicks = Environment.TickCount64;
+        private long _lastTicks = MonotonicClock.Milliseconds;
 
         public bool TryTake()
         {
             lock (_gate)
             {
-                long now = Environment.TickCount64;
+                long now = MonotonicClock.Milliseconds;
                 _tokens = Math.Min(perSecond, _tokens + (now - _lastTicks) * perSecond / 1000.0);
                 _lastTicks = now;
                 if (_tokens < 1)

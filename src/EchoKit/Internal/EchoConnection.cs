@@ -29,7 +29,7 @@ internal sealed class EchoConnection
     private SocketError _error;
     private volatile bool _finSent;
     private volatile bool _waiting;
-    private long _lastReceiveTicks = Environment.TickCount64;
+    private long _lastReceiveTicks = MonotonicClock.Milliseconds;
     private long _sendStartedTicks;
 
     public EchoConnection(long id, Socket socket, EchoServer server)
@@ -52,10 +52,10 @@ internal sealed class EchoConnection
 
     public CloseReason Reason => (CloseReason)Volatile.Read(ref _reason);
 
-    /// <summary>Environment.TickCount64 of the last byte received (or of the accept).</summary>
+    /// <summary>MonotonicClock.Milliseconds of the last byte received (or of the accept).</summary>
     public long LastReceiveTicks => Volatile.Read(ref _lastReceiveTicks);
 
-    /// <summary>Environment.TickCount64 when the pending send started, 0 when none is pending.</summary>
+    /// <summary>MonotonicClock.Milliseconds when the pending send started, 0 when none is pending.</summary>
     public long SendStartedTicks => Volatile.Read(ref _sendStartedTicks);
 
     public async Task RunAsync()
@@ -149,7 +149,7 @@ internal sealed class EchoConnection
                         return true;
                     }
 
-                    Volatile.Write(ref _lastReceiveTicks, Environment.TickCount64);
+                    Volatile.Write(ref _lastReceiveTicks, MonotonicClock.Milliseconds);
                     BytesIn += received;
                     if (_finSent)
                     {
@@ -188,7 +188,7 @@ internal sealed class EchoConnection
             int sent = _socket.Send(data.Span, SocketFlags.None, out SocketError error);
             if (error == SocketError.WouldBlock)
             {
-                Volatile.Write(ref _sendStartedTicks, Environment.TickCount64);
+                Volatile.Write(ref _sendStartedTicks, MonotonicClock.Milliseconds);
                 sent = await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
                 Volatile.Write(ref _sendStartedTicks, 0);
             }

@@ -155,7 +155,7 @@ internal sealed class StreamListener : IDisposable
                     onDescriptorsExhausted();
                 }
 
-                long now = Environment.TickCount64;
+                long now = MonotonicClock.Milliseconds;
                 if (now - lastLogTicks >= 1000)
                 {
                     Log.AcceptFailed(_logger, SocketErrorText.Describe(e.SocketErrorCode), (long)backoff.TotalMilliseconds, suppressed);

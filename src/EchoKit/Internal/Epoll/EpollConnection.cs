@@ -28,10 +28,10 @@ internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? pe
 
     public int PendingLength;
 
-    /// <summary>Environment.TickCount64 of the last byte received (or of the accept).</summary>
+    /// <summary>MonotonicClock.Milliseconds of the last byte received (or of the accept).</summary>
     public long LastReceiveTicks = nowTicks;
 
-    /// <summary>Environment.TickCount64 when sending last made no progress; 0 while nothing is pending.</summary>
+    /// <summary>MonotonicClock.Milliseconds when sending last made no progress; 0 while nothing is pending.</summary>
     public long SendBlockedTicks;
 
     /// <summary>The events registered with epoll; 0 while not registered.</summary>

@@ -59,7 +59,7 @@ internal sealed unsafe class EpollLoop
     private long _quietMs;
     private long _nextTickTicks;
     private bool _closed; // under the _commands lock: the eventfd is gone
-    private long _now = Environment.TickCount64; // Environment.TickCount64 after the last epoll_wait
+    private long _now = MonotonicClock.Milliseconds; // MonotonicClock.Milliseconds after the last epoll_wait
     private readonly long _busyPollTicks; // Stopwatch ticks; 0: never poll, sleep at once
     private readonly long _gapCapTicks;
     private long _gapTicks; // moving average of the time the loop waited for its next events
@@ -203,7 +203,7 @@ internal sealed unsafe class EpollLoop
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ProcessBatch(Native.EpollEvent* events, int n)
     {
-        _now = Environment.TickCount64; // one clock read per batch, not per message
+        _now = MonotonicClock.Milliseconds; // one clock read per batch, not per message
         for (int i = 0; i < n; i++)
         {
             Dispatch(events[i].Data, events[i].Events);
@@ -256,7 +256,7 @@ internal sealed unsafe class EpollLoop
             return -1;
         }
 
-        long wait = _nextTickTicks - Environment.TickCount64;
+        long wait = _nextTickTicks - MonotonicClock.Milliseconds;
         return wait <= 0 ? 0 : (int)Math.Min(wait, int.MaxValue);
     }
 
@@ -603,7 +603,7 @@ internal sealed unsafe class EpollLoop
             _server.OnDescriptorsExhausted();
         }
 
-        long now = Environment.TickCount64;
+        long now = MonotonicClock.Milliseconds;
         if (now - _lastAcceptLogTicks >= 1000)
         {
             Log.AcceptFailed(_logger, SocketErrorText.Describe(Native.ToSocketError(errno)), (long)_backoff.TotalMilliseconds, _suppressedAcceptLogs);
