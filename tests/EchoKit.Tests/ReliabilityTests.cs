@@ -69,8 +69,8 @@ public sealed class ReliabilityTests
     public async Task A_stderr_nobody_reads_never_stalls_the_server_and_dropped_log_lines_are_counted(string engine)
     {
         int port = FreePort();
-        await using var server = ChildProcess.StartProgram("dotnet", stdoutPaused: false, stderrPaused: true,
-            ChildProcess.CliPath, "serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--quiet", "--no-greeting", "--engine", engine);
+        string[] command = ChildProcess.Echokit("serve", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--quiet", "--no-greeting", "--engine", engine);
+        await using var server = ChildProcess.StartProgram(command[0], stdoutPaused: false, stderrPaused: true, command[1..]);
         await WaitUntilListeningAsync(port, Deadline);
 
         // 3,000 connections log 6,000 lines (about 600 KB): far more than a pipe holds (64 KiB) and
@@ -349,8 +349,8 @@ public sealed class ReliabilityTests
     public async Task With_only_256_descriptors_600_clients_are_served_or_told_busy_the_server_idles_and_recovers(string engine)
     {
         Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");
-        await using var server = ChildProcess.StartProgram("/usr/bin/prlimit", "--nofile=256:256", "--",
-            "dotnet", ChildProcess.CliPath, "serve", "--port", "0", "--quiet", "--no-greeting", "--engine", engine);
+        await using var server = ChildProcess.StartProgram("/usr/bin/prlimit",
+            ["--nofile=256:256", "--", .. ChildProcess.Echokit("serve", "--port", "0", "--quiet", "--no-greeting", "--engine", engine)]);
         string line = await server.WaitForStderrAsync("listening on", Deadline);
         int port = int.Parse(line[(line.LastIndexOf("]:", StringComparison.Ordinal) + 2)..].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
 

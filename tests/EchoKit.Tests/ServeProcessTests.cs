@@ -225,7 +225,7 @@ public sealed class ServeProcessTests
             RedirectStandardError = true,
             RedirectStandardOutput = true,
         };
-        foreach (var arg in new[] { "--bounding-set=-net_bind_service", "dotnet", ChildProcess.CliPath, "serve", "--port", "80" })
+        foreach (var arg in (string[])["--bounding-set=-net_bind_service", .. ChildProcess.Echokit("serve", "--port", "80")])
         {
             info.ArgumentList.Add(arg);
         }

@@ -41,12 +41,23 @@ public sealed partial class ChildProcess : IAsyncDisposable
 
     public static string CliPath { get; } = Path.Combine(AppContext.BaseDirectory, "echokit.dll");
 
+    /// <summary>
+    /// The command line that runs <c>echokit ARGS</c>: the built echokit.dll on the dotnet host, or, when
+    /// ECHOKIT_CLI names an executable (a published build, e.g. Native AOT), that executable.
+    /// </summary>
+    public static string[] Echokit(params string[] args) =>
+        Environment.GetEnvironmentVariable("ECHOKIT_CLI") is { Length: > 0 } cli ? [cli, .. args] : [DotnetHost, CliPath, .. args];
+
     public int Pid => _process.Id;
 
     public Stream StandardInput => _process.StandardInput.BaseStream;
 
     /// <summary>Starts <c>echokit ARGS</c>.</summary>
-    public static ChildProcess Start(params string[] args) => StartProgram(DotnetHost, [CliPath, .. args]);
+    public static ChildProcess Start(params string[] args)
+    {
+        string[] command = Echokit(args);
+        return StartProgram(command[0], command[1..]);
+    }
 
     /// <summary>Starts any program (nc, socat, python3 ...) by name or path.</summary>
     public static ChildProcess StartProgram(string file, params string[] args) => StartProgram(file, stdoutPaused: false, args);
@@ -77,8 +88,11 @@ public sealed partial class ChildProcess : IAsyncDisposable
     }
 
     /// <summary>Runs echokit to completion with <paramref name="stdin"/> as its input (then EOF).</summary>
-    public static Task<Result> RunAsync(TimeSpan deadline, byte[]? stdin, params string[] args) =>
-        RunProgramAsync(DotnetHost, deadline, stdin, [CliPath, .. args]);
+    public static Task<Result> RunAsync(TimeSpan deadline, byte[]? stdin, params string[] args)
+    {
+        string[] command = Echokit(args);
+        return RunProgramAsync(command[0], deadline, stdin, command[1..]);
+    }
 
     /// <summary>Runs a program to completion with <paramref name="stdin"/> as its input (then EOF).</summary>
     public static async Task<Result> RunProgramAsync(string file, TimeSpan deadline, byte[]? stdin, params string[] args)
@@ -241,7 +255,8 @@ public sealed partial class ChildProcess : IAsyncDisposable
 
     public static async Task<(ChildProcess Process, int Port)> StartServerAsync(bool stdoutPaused, params string[] extraArgs)
     {
-        var process = StartProgram(DotnetHost, stdoutPaused, [CliPath, "serve", "--port", "0", .. extraArgs]);
+        string[] command = Echokit(["serve", "--port", "0", .. extraArgs]);
+        var process = StartProgram(command[0], stdoutPaused, command[1..]);
         try
         {
             string line = await process.WaitForStderrAsync("listening on", TimeSpan.FromSeconds(20));
