@@ -55,7 +55,9 @@ public sealed class ServeProcessTests
             long before = CpuTicks(server.Pid);
             await Task.Delay(TimeSpan.FromSeconds(1)); // the window measured, not a wait for something
             long used = CpuTicks(server.Pid) - before;
-            Assert.True(used <= 10, $"the idle server used {used * 10} ms of CPU in 1 s (a loop that keeps polling uses ~1000)");
+            // A loop that kept polling would use ~1000 ms; the allowance is for the JIT's second tier, which may
+            // still be compiling the hot methods of the traffic just before.
+            Assert.True(used <= 30, $"the idle server used {used * 10} ms of CPU in 1 s (a loop that keeps polling uses ~1000)");
 
             await client.SendAsync(message); // and it still answers
             Assert.Equal(message, await ReceiveExactlyAsync(client, message.Length));
