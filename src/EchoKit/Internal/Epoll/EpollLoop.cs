@@ -36,6 +36,8 @@ internal sealed unsafe class EpollLoop
     private readonly EchoServer _server;
     private readonly ILogger _logger;
     private readonly (int Fd, bool Tcp)[] _listeners;
+    private readonly bool[] _listenerReady;
+    private bool _anyListenerReady;
     private readonly int _epoll;
     private readonly int _wake;
     private readonly byte[] _buffer;
@@ -69,6 +71,7 @@ internal sealed unsafe class EpollLoop
         _server = server;
         _logger = logger;
         _listeners = listeners;
+        _listenerReady = new bool[listeners.Length];
         var options = server.Options;
         _idleMs = (long)options.IdleTimeout.TotalMilliseconds;
         _sendMs = (long)options.SendTimeout.TotalMilliseconds;
@@ -209,6 +212,11 @@ internal sealed unsafe class EpollLoop
             Dispatch(events[i].Data, events[i].Events);
         }
 
+        if (_anyListenerReady)
+        {
+            AcceptReady();
+        }
+
         if (_now >= _nextTickTicks)
         {
             Tick(_now);
@@ -276,8 +284,8 @@ internal sealed unsafe class EpollLoop
 
         if ((token & ListenerFlag) != 0)
         {
-            var listener = _listeners[(int)(uint)token];
-            AcceptBatchFrom(listener.Fd, listener.Tcp);
+            _listenerReady[(int)(uint)token] = true; // accepted after the batch's other events
+            _anyListenerReady = true;
             return;
         }
 
@@ -565,6 +573,24 @@ internal sealed unsafe class EpollLoop
         }
 
         _listening = false;
+    }
+
+    /// <summary>
+    /// Accepts on the listeners that were ready in this batch, after its other events: connections whose
+    /// peers have gone are closed first, so a client arriving behind a storm is counted against the
+    /// connections that are really left, and not told "server busy" by ones already closed.
+    /// </summary>
+    private void AcceptReady()
+    {
+        _anyListenerReady = false;
+        for (int i = 0; i < _listeners.Length; i++)
+        {
+            if (_listenerReady[i])
+            {
+                _listenerReady[i] = false;
+                AcceptBatchFrom(_listeners[i].Fd, _listeners[i].Tcp);
+            }
+        }
     }
 
     private void AcceptBatchFrom(int listenFd, bool tcp)
