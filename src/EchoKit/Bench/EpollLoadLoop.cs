@@ -248,7 +248,7 @@ internal sealed unsafe class EpollLoadLoop
             double waitTicks = due - Stopwatch.GetTimestamp();
             if (waitTicks <= 0)
             {
-                n = Native.EpollWait(_epoll, events, MaxEvents, 0);
+                n = Math.Max(Native.EpollPoll(_epoll, events, MaxEvents), 0);
             }
             else if (_nanosecondTimeouts)
             {
@@ -317,7 +317,7 @@ internal sealed unsafe class EpollLoadLoop
                     continue;
                 }
 
-                int errno = Native.LastError;
+                int errno = (int)-sent;
                 if (errno == Native.EINTR)
                 {
                     continue;
@@ -344,7 +344,7 @@ internal sealed unsafe class EpollLoadLoop
             nint n = Native.Recv(c.Fd, (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_buffer)), (nuint)_buffer.Length, 0);
             if (n <= 0)
             {
-                if (n < 0 && Native.LastError is Native.EAGAIN or Native.EINTR)
+                if (-n is Native.EAGAIN or Native.EINTR)
                 {
                     return;
                 }

@@ -241,12 +241,12 @@ internal sealed unsafe class EpollLoop
         int n = 0;
         if (_gapTicks <= _busyPollTicks)
         {
-            while ((n = Native.EpollWait(_epoll, events, MaxEvents, 0)) == 0 && Stopwatch.GetTimestamp() - start < _busyPollTicks)
+            while ((n = Native.EpollPoll(_epoll, events, MaxEvents)) <= 0 && Stopwatch.GetTimestamp() - start < _busyPollTicks)
             {
             }
         }
 
-        if (n == 0)
+        if (n <= 0) // nothing yet (or EINTR): the blocking wait reports what matters
         {
             n = Native.EpollWait(_epoll, events, MaxEvents, WaitMs());
         }
@@ -390,7 +390,7 @@ internal sealed unsafe class EpollLoop
         }
         else
         {
-            int errno = Native.LastError;
+            int errno = (int)-n;
             if (errno != Native.EAGAIN && errno != Native.EINTR)
             {
                 Fail(c, errno);
@@ -459,7 +459,7 @@ internal sealed unsafe class EpollLoop
                 continue;
             }
 
-            int errno = Native.LastError;
+            int errno = (int)-sent;
             if (errno == Native.EINTR)
             {
                 continue;

@@ -76,11 +76,44 @@ internal static unsafe partial class Native
     [LibraryImport("libc", EntryPoint = "accept4", SetLastError = true)]
     public static partial int Accept4(int fd, byte* address, uint* addressLength, int flags);
 
-    [LibraryImport("libc", EntryPoint = "recv", SetLastError = true)]
-    public static partial nint Recv(int fd, byte* buffer, nuint length, int flags);
+    // recv, send and epoll_wait with a zero timeout are the calls of every message. On the engine's
+    // non-blocking descriptors they never wait, so they are called without the runtime's GC transition
+    // ([SuppressGCTransition]: measured at ~2 % of the server's CPU with 64-byte messages, the transition
+    // and errno capture of SetLastError), and report a failure as -errno, read right after the call.
+    // Never use them on a descriptor that may block: a GC would wait for the call to return.
 
-    [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
-    public static partial nint Send(int fd, byte* buffer, nuint length, int flags);
+    [LibraryImport("libc", EntryPoint = "recv")]
+    [SuppressGCTransition]
+    private static partial nint RecvRaw(int fd, byte* buffer, nuint length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "send")]
+    [SuppressGCTransition]
+    private static partial nint SendRaw(int fd, byte* buffer, nuint length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "epoll_wait")]
+    [SuppressGCTransition]
+    private static partial int EpollPollRaw(int epfd, EpollEvent* events, int maxEvents, int timeoutMs);
+
+    /// <summary>recv(2) on a non-blocking socket: the bytes read, 0 at the peer's FIN, or -errno.</summary>
+    public static nint Recv(int fd, byte* buffer, nuint length, int flags)
+    {
+        nint n = RecvRaw(fd, buffer, length, flags);
+        return n >= 0 ? n : -Marshal.GetLastSystemError();
+    }
+
+    /// <summary>send(2) on a non-blocking socket: the bytes sent, or -errno.</summary>
+    public static nint Send(int fd, byte* buffer, nuint length, int flags)
+    {
+        nint n = SendRaw(fd, buffer, length, flags);
+        return n >= 0 ? n : -Marshal.GetLastSystemError();
+    }
+
+    /// <summary>epoll_wait(2) that does not wait (timeout 0): the number of events, or -errno.</summary>
+    public static int EpollPoll(int epfd, EpollEvent* events, int maxEvents)
+    {
+        int n = EpollPollRaw(epfd, events, maxEvents, 0);
+        return n >= 0 ? n : -Marshal.GetLastSystemError();
+    }
 
     [LibraryImport("libc", EntryPoint = "shutdown", SetLastError = true)]
     public static partial int Shutdown(int fd, int how);
