@@ -65,6 +65,76 @@ public sealed class ServeProcessTests
     }
 
     [Fact]
+    public async Task Connections_read_by_polling_under_dense_traffic_keep_half_close_backpressure_and_graceful_stop()
+    {
+        // Under dense traffic the epoll loop takes just-read connections out of epoll and reads them directly.
+        // Two connections keep ping-ponging (dense traffic throughout) while the others, straight out of their
+        // own ping-pong, half-close, flood a peer that does not read, and then meet SIGTERM.
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", "epoll", "--loops", "1", "--quiet", "--no-greeting", "--busy-poll", "2ms", "--log-level", "Debug");
+        await using (server)
+        {
+            using var halfCloser = await ConnectAsync(port);
+            using var flooded = await ConnectAsync(port);
+            using var busy1 = await ConnectAsync(port);
+            using var busy2 = await ConnectAsync(port);
+            using var stop = new CancellationTokenSource();
+            var pingPongs = new[] { busy1, busy2 }.Select(c => Task.Run(() => PingPongUntilAsync(c, stop.Token))).ToArray();
+
+            await PingPongAsync(halfCloser, 500);
+            var last = RandomBytes(100);
+            await halfCloser.SendAsync(last);
+            halfCloser.Shutdown(SocketShutdown.Send);
+            Assert.Equal(last, await ReceiveToEndAsync(halfCloser));
+
+            await PingPongAsync(flooded, 500);
+            var flood = RandomBytes(32 << 20); // far more than the kernel buffers: the server must keep bytes and stop reading
+            var sending = flooded.SendAsync(flood);
+            await Task.Delay(TimeSpan.FromSeconds(1)); // the peer not reading for a while is the condition under test
+            Assert.False(sending.IsCompleted, "32 MiB went through a peer that was not reading");
+            Assert.Equal(flood, await ReceiveExactlyAsync(flooded, flood.Length, TimeSpan.FromSeconds(30)));
+            await sending;
+
+            stop.Cancel();
+            long rounds = (await Task.WhenAll(pingPongs)).Sum();
+            Assert.True(rounds > 0);
+            server.Signal(ChildProcess.SIGTERM);
+            foreach (var c in new[] { flooded, busy1, busy2 })
+            {
+                Assert.Empty(await ReceiveToEndAsync(c)); // our FIN, after everything was echoed
+            }
+
+            Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+            var loop = System.Text.RegularExpressions.Regex.Match(server.StandardErrorText, @"event loop 0: (\d+) of (\d+) reads found their bytes by polling");
+            Assert.True(loop.Success, server.StandardErrorText);
+            Assert.True(long.Parse(loop.Groups[1].Value) > 0, $"no read was made by polling: {loop.Value}");
+        }
+    }
+
+    private static async Task PingPongAsync(Socket client, int count)
+    {
+        var message = RandomBytes(64);
+        for (int i = 0; i < count; i++)
+        {
+            await client.SendAsync(message);
+            Assert.Equal(message, await ReceiveExactlyAsync(client, message.Length));
+        }
+    }
+
+    private static async Task<long> PingPongUntilAsync(Socket client, CancellationToken stop)
+    {
+        long rounds = 0;
+        var message = RandomBytes(64);
+        while (!stop.IsCancellationRequested)
+        {
+            await client.SendAsync(message);
+            Assert.Equal(message, await ReceiveExactlyAsync(client, message.Length));
+            rounds++;
+        }
+
+        return rounds;
+    }
+
+    [Fact]
     public async Task Quiet_prints_nothing_to_stdout()
     {
         var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting");

@@ -39,6 +39,9 @@ internal static partial class Log
     [LoggerMessage(12, LogLevel.Information, "{Transport}: {Echoed} datagrams echoed, {Drops}")]
     public static partial void DatagramSummary(ILogger logger, string transport, long echoed, string drops);
 
+    [LoggerMessage(13, LogLevel.Debug, "event loop {Index}: {Polled} of {Reads} reads found their bytes by polling the connection directly (dense traffic)")]
+    public static partial void LoopReads(ILogger logger, int index, long polled, long reads);
+
     [LoggerMessage(8, LogLevel.Information, "stopped ({AllocatedBytes} bytes allocated by the process since it started)")]
     public static partial void Stopped(ILogger logger, long allocatedBytes);
 

@@ -34,8 +34,14 @@ internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? pe
     /// <summary>MonotonicClock.Milliseconds when sending last made no progress; 0 while nothing is pending.</summary>
     public long SendBlockedTicks;
 
-    /// <summary>The events registered with epoll; 0 while not registered.</summary>
+    /// <summary>The events registered with epoll; 0 while not registered (also while hot).</summary>
     public uint Events;
+
+    /// <summary>Index in the loop's hot list while the loop reads it directly, out of epoll; -1 otherwise.</summary>
+    public int HotIndex = -1;
+
+    /// <summary>Stopwatch timestamp of the last bytes read while hot.</summary>
+    public long HotLastTimestamp;
 
     /// <summary>The stdout sink is full: no reading until it takes more.</summary>
     public bool SinkBlocked;
