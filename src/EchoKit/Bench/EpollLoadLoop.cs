@@ -248,7 +248,11 @@ internal sealed unsafe class EpollLoadLoop
             double waitTicks = due - Stopwatch.GetTimestamp();
             if (waitTicks <= 0)
             {
-                n = Math.Max(Native.EpollPoll(_epoll, events, MaxEvents), 0);
+                n = Native.EpollPoll(_epoll, events, MaxEvents);
+                if (n < 0)
+                {
+                    return Failed(-n);
+                }
             }
             else if (_nanosecondTimeouts)
             {
@@ -275,19 +279,11 @@ internal sealed unsafe class EpollLoadLoop
             }
         }
 
-        if (n < 0)
-        {
-            int errno = Native.LastError;
-            if (errno != Native.EINTR)
-            {
-                throw new SocketException(errno);
-            }
-
-            return 0;
-        }
-
-        return n;
+        return n < 0 ? Failed(Native.LastError) : n;
     }
+
+    /// <summary>A wait that failed: none ready after EINTR, any other errno ends the loop.</summary>
+    private static int Failed(int errno) => errno == Native.EINTR ? 0 : throw new SocketException(errno);
 
     /// <summary>Queues <paramref name="count"/> messages stamped <paramref name="timestamp"/> (their bytes go out in <see cref="Flush"/>).</summary>
     private void Queue(EpollLoadConnection c, int count, long timestamp)
