@@ -98,7 +98,7 @@ internal sealed unsafe class EpollLoop
         _busyPollTicks = (long)(options.BusyPoll.TotalSeconds * Stopwatch.Frequency);
         _gapCapTicks = 16 * _busyPollTicks;
         _gapTicks = _gapCapTicks; // start asleep: poll only once traffic has shown to be dense
-        _hotQuietTicks = HotQuiet.Ticks * Stopwatch.Frequency / TimeSpan.TicksPerSecond;
+        _hotQuietTicks = (long)(HotQuiet.TotalSeconds * Stopwatch.Frequency);
         _buffer = GC.AllocateUninitializedArray<byte>(options.LoopBufferSize, pinned: true);
         _bufferPointer = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_buffer));
 
