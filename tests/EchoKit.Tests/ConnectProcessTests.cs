@@ -206,7 +206,7 @@ public sealed class ConnectProcessTests
         await using var client = ChildProcess.Start("connect", "127.0.0.1", Port(listener), "--send-timeout", "500ms");
         using var accepted = await listener.AcceptAsync().WaitAsync(Deadline);
 
-        // Far more than the kernel buffers hold (~10 MB per loopback connection); nobody reads it.
+        // Far more than the kernel buffers hold (10–15 MB per loopback connection here, at most ~70 MB); nobody reads it.
         var feed = Task.Run(async () =>
         {
             var chunk = new byte[1 << 20];

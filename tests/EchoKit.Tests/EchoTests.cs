@@ -152,13 +152,14 @@ public abstract class EchoTests
 
         using (var victim = await ConnectAsync(port))
         {
-            // Push far more than the kernel buffers (~10 MB per loopback connection) without reading,
-            // so the server is blocked in a send when the RST arrives.
+            // Push far more than the kernel buffers (10–15 MB per loopback connection here, up to ~70 MB
+            // where receive buffers grow to tcp_rmem's 32 MiB) without reading, so the server is blocked
+            // in a send when the RST arrives.
             var junk = new byte[1 << 20];
             using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(2));
             try
             {
-                for (int i = 0; i < 64; i++)
+                for (int i = 0; i < 160; i++)
                 {
                     await victim.SendAsync(junk, cts.Token);
                 }

@@ -87,12 +87,7 @@ public sealed class ServeProcessTests
             Assert.Equal(last, await ReceiveToEndAsync(halfCloser));
 
             await PingPongAsync(flooded, 500);
-            var flood = RandomBytes(32 << 20); // far more than the kernel buffers: the server must keep bytes and stop reading
-            var sending = flooded.SendAsync(flood);
-            await Task.Delay(TimeSpan.FromSeconds(1)); // the peer not reading for a while is the condition under test
-            Assert.False(sending.IsCompleted, "32 MiB went through a peer that was not reading");
-            Assert.Equal(flood, await ReceiveExactlyAsync(flooded, flood.Length, TimeSpan.FromSeconds(30)));
-            await sending;
+            await FloodUntilStalledThenReadAllAsync(flooded, server);
 
             stop.Cancel();
             long rounds = (await Task.WhenAll(pingPongs)).Sum();
@@ -108,6 +103,59 @@ public sealed class ServeProcessTests
             Assert.True(loop.Success, server.StandardErrorText);
             Assert.True(long.Parse(loop.Groups[1].Value) > 0, $"no read was made by polling: {loop.Value}");
         }
+    }
+
+    /// <summary>
+    /// Sends without reading until TCP stops taking bytes (the server must then have stopped reading),
+    /// then reads everything back in order. The flood is far more than the kernel can hold on this path:
+    /// tcp_rmem's maximum is 32 MiB on the machines here, and each side's receive buffer may grow to it.
+    /// </summary>
+    private static async Task FloodUntilStalledThenReadAllAsync(Socket client, ChildProcess server)
+    {
+        const int ChunkSize = 1 << 20;
+        const int Chunks = 160;
+        var pattern = RandomBytes(ChunkSize);
+        long pushed = 0;
+        var pushing = Task.Run(async () =>
+        {
+            for (int i = 0; i < Chunks; i++)
+            {
+                var chunk = (byte[])pattern.Clone();
+                BitConverter.TryWriteBytes(chunk, i); // each chunk numbered: a lost or repeated one shows
+                await client.SendAsync(chunk);
+                Interlocked.Add(ref pushed, chunk.Length);
+            }
+        });
+
+        // Stalled: no progress for a second while the peer does not read (the condition under test).
+        long last = -1;
+        var unchangedSince = System.Diagnostics.Stopwatch.StartNew();
+        var deadline = System.Diagnostics.Stopwatch.StartNew();
+        while (unchangedSince.Elapsed < TimeSpan.FromSeconds(1) && !pushing.IsCompleted && deadline.Elapsed < Deadline)
+        {
+            long now = Interlocked.Read(ref pushed);
+            if (now != last)
+            {
+                last = now;
+                unchangedSince.Restart();
+            }
+
+            await Task.Delay(50);
+        }
+
+        Assert.False(pushing.IsFaulted, $"the flood failed: {pushing.Exception?.InnerException?.Message}\n{server.StandardErrorText}");
+        Assert.False(pushing.IsCompleted, $"all {Chunks} MiB went through a peer that was not reading");
+
+        var buffer = new byte[ChunkSize];
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        for (int i = 0; i < Chunks; i++)
+        {
+            await EchoKit.Client.SocketTransfer.ReceiveExactlyAsync(client, buffer, cts.Token);
+            Assert.Equal(i, BitConverter.ToInt32(buffer));
+            Assert.True(buffer.AsSpan(sizeof(int)).SequenceEqual(pattern.AsSpan(sizeof(int))), $"chunk {i} came back altered");
+        }
+
+        await pushing;
     }
 
     private static async Task PingPongAsync(Socket client, int count)
@@ -167,7 +215,7 @@ public sealed class ServeProcessTests
             {
                 var payloads = clients.Select(_ => RandomBytes(4 << 20)).ToArray();
                 var echoes = clients.Select(c => ReceiveToEndAsync(c, TimeSpan.FromSeconds(30))).ToArray();
-                // Each client sends 4 MiB (more than the kernel buffers), so the signal lands mid-stream.
+                // Each client sends 4 MiB at once, so the signal lands while echoes are still in flight.
                 var sends = clients.Select((c, i) => c.SendAsync(payloads[i])).ToArray();
                 await Task.WhenAll(sends).WaitAsync(Deadline);
 
