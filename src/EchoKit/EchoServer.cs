@@ -26,7 +26,8 @@ public sealed class EchoServer : IAsyncDisposable
     private ConnectionHeartbeat? _heartbeat;
     private EpollLoop[]? _loops;
     private (int Limit, byte[] Line)? _busyLine;
-    private int _connectionLimit; // 0: unlimited
+    private int _connectionLimit; // 0: unlimited; lowered under _limitLock when descriptors run short
+    private readonly Lock _limitLock = new();
     private List<Microsoft.Win32.SafeHandles.SafeFileHandle>? _reserve; // spare descriptors, freed at EMFILE
     private long _nextId;
     private int _activeCount;
@@ -209,10 +210,19 @@ public sealed class EchoServer : IAsyncDisposable
         Stopping,
     }
 
-    /// <summary>Counts a new connection in, or says why not: over the limit, or accepted as the server stops.</summary>
-    internal Admission Admit(out long id)
+    /// <summary>
+    /// Counts a new connection (its <paramref name="descriptor"/>) in, or says why not: over the limit,
+    /// too close to the descriptor limit, or accepted as the server stops.
+    /// </summary>
+    internal Admission Admit(int descriptor, out long id)
     {
         id = Interlocked.Increment(ref _nextId);
+        if (DescriptorBudget.NearLimit(descriptor, out long limit))
+        {
+            OnDescriptorLimitLowered(limit);
+            return Admission.Busy;
+        }
+
         int count = Interlocked.Increment(ref _activeCount);
         if (_connectionLimit > 0 && count > _connectionLimit)
         {
@@ -263,7 +273,7 @@ public sealed class EchoServer : IAsyncDisposable
 
     private void OnAccepted(Socket socket)
     {
-        switch (Admit(out long id))
+        switch (Admit((int)socket.Handle, out long id))
         {
             case Admission.Busy:
                 RefuseBusy(socket);
@@ -308,13 +318,38 @@ public sealed class EchoServer : IAsyncDisposable
         }
 
         int lowered = Math.Max(1, ActiveConnections - reserve.Count);
-        _connectionLimit = _connectionLimit == 0 ? lowered : Math.Min(_connectionLimit, lowered);
+        lock (_limitLock)
+        {
+            _connectionLimit = _connectionLimit == 0 ? lowered : Math.Min(_connectionLimit, lowered);
+        }
+
         foreach (var handle in reserve)
         {
             handle.Dispose();
         }
 
         Log.DescriptorLimited(_logger, _connectionLimit, "lowered after EMFILE");
+    }
+
+    /// <summary>
+    /// The descriptor limit was lowered under the running server (<paramref name="limit"/> now) and a new
+    /// connection came within half the reserve of it: no more connections than are open now, so that
+    /// the runtime keeps the descriptors it needs. Logged when the limit in force changes.
+    /// </summary>
+    private void OnDescriptorLimitLowered(long limit)
+    {
+        int lowered = Math.Max(1, ActiveConnections);
+        lock (_limitLock)
+        {
+            if (_connectionLimit != 0 && _connectionLimit <= lowered)
+            {
+                return;
+            }
+
+            _connectionLimit = lowered;
+        }
+
+        Log.DescriptorLimited(_logger, lowered, $"lowered: the descriptor limit is now {limit}");
     }
 
     private void RefuseBusy(Socket socket)

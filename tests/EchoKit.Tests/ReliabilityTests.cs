@@ -329,30 +329,25 @@ public sealed class ReliabilityTests
     [Theory]
     [InlineData("epoll")]
     [InlineData("socket")]
-    public async Task When_the_descriptor_limit_drops_under_a_running_server_accept_backs_off_without_spinning_and_recovers(string engine)
+    public async Task When_the_descriptor_limit_drops_under_a_running_server_it_answers_busy_before_running_out_idles_and_recovers(string engine)
     {
-        // The limit is lowered after start (prlimit --pid), so the budget taken at start no longer
-        // protects the server: the accept loop itself meets EMFILE.
+        // The limit is lowered after start (prlimit --pid), so the budget taken at start no longer protects
+        // the server. It must notice before the descriptors run out: a .NET process that meets EMFILE while
+        // the runtime starts a thread (a pipe, /proc/self/task/N/comm) dies ("Out of memory."), which a
+        // storm of connections on a loaded machine made happen.
         Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");
         var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting");
         await using (server)
         {
-            var lowered = await ChildProcess.RunProgramAsync("/usr/bin/prlimit", ExitDeadline, null,
-                "--pid", server.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--nofile=256:256");
-            Assert.Equal(0, lowered.ExitCode);
-
+            await LowerDescriptorLimitAsync(server, 256);
             var clients = new List<Socket>();
             try
             {
-                for (int i = 0; i < 600; i++)
-                {
-                    clients.Add(await ConnectAsync(port));
-                }
-
-                Assert.Contains("retrying in", await server.WaitForStderrAsync("accept failed: Too many open files (EMFILE)", Deadline), StringComparison.Ordinal);
-                await server.WaitForStderrAsync("lowered after EMFILE", Deadline);
-
+                await ConnectManyAsync(server, port, 600, clients);
+                await server.WaitForStderrAsync("lowered: the descriptor limit is now 256", Deadline);
+                await server.WaitForStderrAsync("refused: server busy", Deadline);
                 await AssertIdlesAsync(server);
+                Assert.False(server.HasExited, server.StandardErrorText);
             }
             finally
             {
@@ -360,8 +355,63 @@ public sealed class ReliabilityTests
             }
 
             await AssertServesFreshClientAsync(server, port);
-
             Assert.False(server.HasExited);
+        }
+    }
+
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task When_accept_meets_EMFILE_it_backs_off_without_spinning_hands_back_its_spare_descriptors_and_recovers(string engine)
+    {
+        // A limit below what is already open: the next accept has no descriptor number left and fails.
+        Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting");
+        await using (server)
+        {
+            var clients = new List<Socket>();
+            try
+            {
+                await ConnectManyAsync(server, port, 150, clients);
+                await AssertEchoesAsync(clients[^1]); // all 150 are in
+                await LowerDescriptorLimitAsync(server, 100);
+                await ConnectManyAsync(server, port, 50, clients);
+
+                Assert.Contains("retrying in", await server.WaitForStderrAsync("accept failed: Too many open files (EMFILE)", Deadline), StringComparison.Ordinal);
+                await server.WaitForStderrAsync("lowered after EMFILE", Deadline);
+                await AssertIdlesAsync(server);
+                await AssertEchoesAsync(clients[0]); // those already in are served throughout
+            }
+            finally
+            {
+                clients.ForEach(c => c.Dispose());
+            }
+
+            await AssertServesFreshClientAsync(server, port);
+            Assert.False(server.HasExited);
+        }
+    }
+
+    private static async Task LowerDescriptorLimitAsync(ChildProcess server, int limit)
+    {
+        var lowered = await ChildProcess.RunProgramAsync("/usr/bin/prlimit", ExitDeadline, null,
+            "--pid", server.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), $"--nofile={limit}:{limit}");
+        Assert.Equal(0, lowered.ExitCode);
+    }
+
+    /// <summary>Connects <paramref name="count"/> clients (the kernel completes them whether or not the server accepts).</summary>
+    private static async Task ConnectManyAsync(ChildProcess server, int port, int count, List<Socket> clients)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            try
+            {
+                clients.Add(await ConnectAsync(port));
+            }
+            catch (SocketException e)
+            {
+                Assert.Fail($"connect {i} failed ({e.SocketErrorCode}); server exited: {server.HasExited}; its stderr:\n{server.StandardErrorText}");
+            }
         }
     }
 

@@ -63,6 +63,36 @@ internal static class DescriptorBudget
         }
     }
 
+    /// <summary>The soft descriptor limit in force now, or null where unknown; it may have been lowered since start (prlimit --pid).</summary>
+    public static long? CurrentLimit()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        try
+        {
+            return GetRLimit(RlimitNofile, out var limit) != 0 ? null : limit.Current > int.MaxValue ? int.MaxValue : (long)limit.Current;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// True when a new descriptor's number leaves fewer than half the reserve free under the limit in
+    /// force now. Linux hands out the lowest free number, so descriptor N means N are already open:
+    /// under a running server whose limit was lowered, this sees the edge coming before the runtime
+    /// meets EMFILE (it needs descriptors to start a thread: a pipe, /proc/self/task/N/comm).
+    /// </summary>
+    public static bool NearLimit(int descriptor, out long limit)
+    {
+        limit = CurrentLimit() ?? long.MaxValue;
+        return descriptor >= limit - Reserve / 2;
+    }
+
     /// <summary>Spare descriptors (/dev/null) held so that they can be handed back to the runtime at EMFILE.</summary>
     public static List<Microsoft.Win32.SafeHandles.SafeFileHandle>? OpenReserve(int count = 16)
     {

@@ -823,7 +823,7 @@ internal sealed unsafe class EpollLoop
 
     private void Admit(int fd, bool tcp, EndPoint? peer)
     {
-        switch (_server.Admit(out long id))
+        switch (_server.Admit(fd, out long id))
         {
             case EchoServer.Admission.Busy:
                 fixed (byte* line = _server.BusyLine())
