@@ -332,9 +332,10 @@ public sealed class EchoServer : IAsyncDisposable
     }
 
     /// <summary>
-    /// The descriptor limit was lowered under the running server (<paramref name="limit"/> now) and a new
-    /// connection came within half the reserve of it: no more connections than are open now, so that
-    /// the runtime keeps the descriptors it needs. Logged when the limit in force changes.
+    /// A new connection came within a third of the reserve of the descriptor limit in force
+    /// (<paramref name="limit"/>; lowered under the running server, or descriptors opened since the
+    /// budget was taken): no more connections than are open now, so that the runtime keeps the
+    /// descriptors it needs. Logged when the connection limit changes.
     /// </summary>
     private void OnDescriptorLimitLowered(long limit)
     {
@@ -349,7 +350,7 @@ public sealed class EchoServer : IAsyncDisposable
             _connectionLimit = lowered;
         }
 
-        Log.DescriptorLimited(_logger, lowered, $"lowered: the descriptor limit is now {limit}");
+        Log.DescriptorLimited(_logger, lowered, $"capped at the connections open: the descriptor limit in force is {limit}");
     }
 
     private void RefuseBusy(Socket socket)

@@ -344,7 +344,7 @@ public sealed class ReliabilityTests
             try
             {
                 await ConnectManyAsync(server, port, 600, clients);
-                await server.WaitForStderrAsync("lowered: the descriptor limit is now 256", Deadline);
+                await server.WaitForStderrAsync("capped at the connections open: the descriptor limit in force is 256", Deadline);
                 await server.WaitForStderrAsync("refused: server busy", Deadline);
                 await AssertIdlesAsync(server);
                 Assert.False(server.HasExited, server.StandardErrorText);

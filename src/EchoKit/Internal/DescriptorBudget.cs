@@ -82,15 +82,15 @@ internal static class DescriptorBudget
     }
 
     /// <summary>
-    /// True when a new descriptor's number leaves fewer than half the reserve free under the limit in
-    /// force now. Linux hands out the lowest free number, so descriptor N means N are already open:
+    /// True when a new descriptor's number leaves fewer than a third of the reserve (16) free under the
+    /// limit in force now (at a full budget 32 are still free: the reserve is opened after the budget is taken). Linux hands out the lowest free number, so descriptor N means N are already open:
     /// under a running server whose limit was lowered, this sees the edge coming before the runtime
     /// meets EMFILE (it needs descriptors to start a thread: a pipe, /proc/self/task/N/comm).
     /// </summary>
     public static bool NearLimit(int descriptor, out long limit)
     {
         limit = CurrentLimit() ?? long.MaxValue;
-        return descriptor >= limit - Reserve / 2;
+        return descriptor >= limit - Reserve / 3;
     }
 
     /// <summary>Spare descriptors (/dev/null) held so that they can be handed back to the runtime at EMFILE.</summary>
