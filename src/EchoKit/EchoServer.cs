@@ -219,7 +219,7 @@ public sealed class EchoServer : IAsyncDisposable
         id = Interlocked.Increment(ref _nextId);
         if (DescriptorBudget.NearLimit(descriptor, out long limit))
         {
-            OnDescriptorLimitLowered(limit);
+            CapAtOpenConnections(limit);
             return Admission.Busy;
         }
 
@@ -337,7 +337,7 @@ public sealed class EchoServer : IAsyncDisposable
     /// budget was taken): no more connections than are open now, so that the runtime keeps the
     /// descriptors it needs. Logged when the connection limit changes.
     /// </summary>
-    private void OnDescriptorLimitLowered(long limit)
+    private void CapAtOpenConnections(long limit)
     {
         int lowered = Math.Max(1, ActiveConnections);
         lock (_limitLock)

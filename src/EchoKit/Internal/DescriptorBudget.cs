@@ -34,64 +34,57 @@ internal static class DescriptorBudget
     /// <summary>The soft descriptor limit after raising it as far as allowed, or null where unknown (not Linux).</summary>
     public static long? RaiseAndReadLimit()
     {
-        if (!OperatingSystem.IsLinux())
+        if (ReadLimit() is not { } limit)
         {
             return null;
         }
 
-        try
+        if (limit.Current < limit.Maximum)
         {
-            if (GetRLimit(RlimitNofile, out var limit) != 0)
+            var raised = new RLimit { Current = limit.Maximum, Maximum = limit.Maximum };
+            if (SetRLimit(RlimitNofile, raised) == 0)
             {
-                return null;
+                limit = raised;
             }
-
-            if (limit.Current < limit.Maximum)
-            {
-                var raised = new RLimit { Current = limit.Maximum, Maximum = limit.Maximum };
-                if (SetRLimit(RlimitNofile, raised) == 0)
-                {
-                    limit = raised;
-                }
-            }
-
-            return limit.Current > int.MaxValue ? int.MaxValue : (long)limit.Current;
         }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-        {
-            return null;
-        }
+
+        return Soft(limit);
     }
 
     /// <summary>The soft descriptor limit in force now, or null where unknown; it may have been lowered since start (prlimit --pid).</summary>
-    public static long? CurrentLimit()
-    {
-        if (!OperatingSystem.IsLinux())
-        {
-            return null;
-        }
-
-        try
-        {
-            return GetRLimit(RlimitNofile, out var limit) != 0 ? null : limit.Current > int.MaxValue ? int.MaxValue : (long)limit.Current;
-        }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-        {
-            return null;
-        }
-    }
+    public static long? CurrentLimit() => ReadLimit() is { } limit ? Soft(limit) : null;
 
     /// <summary>
     /// True when a new descriptor's number leaves fewer than a third of the reserve (16) free under the
-    /// limit in force now (at a full budget 32 are still free: the reserve is opened after the budget is taken). Linux hands out the lowest free number, so descriptor N means N are already open:
-    /// under a running server whose limit was lowered, this sees the edge coming before the runtime
-    /// meets EMFILE (it needs descriptors to start a thread: a pipe, /proc/self/task/N/comm).
+    /// limit in force now; at a full start-time budget 32 are still free (the reserve is opened after the
+    /// budget is taken). Linux hands out the lowest free number, so descriptor N means N are already open:
+    /// under a running server whose limit was lowered, this sees the edge coming before the runtime meets
+    /// EMFILE (it needs descriptors to start a thread: a pipe, /proc/self/task/N/comm).
     /// </summary>
     public static bool NearLimit(int descriptor, out long limit)
     {
         limit = CurrentLimit() ?? long.MaxValue;
         return descriptor >= limit - Reserve / 3;
     }
+
+    private static RLimit? ReadLimit()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        try
+        {
+            return GetRLimit(RlimitNofile, out var limit) == 0 ? limit : null;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return null;
+        }
+    }
+
+    private static long Soft(RLimit limit) => limit.Current > int.MaxValue ? int.MaxValue : (long)limit.Current;
 
     /// <summary>Spare descriptors (/dev/null) held so that they can be handed back to the runtime at EMFILE.</summary>
     public static List<Microsoft.Win32.SafeHandles.SafeFileHandle>? OpenReserve(int count = 16)
