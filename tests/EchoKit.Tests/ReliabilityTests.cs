@@ -429,10 +429,7 @@ public sealed class ReliabilityTests
         var clients = new List<Socket>();
         try
         {
-            for (int i = 0; i < 600; i++)
-            {
-                clients.Add(await ConnectAsync(port)); // the kernel completes these; the server cannot accept them all
-            }
+            await ConnectManyAsync(server, port, 600, clients); // more than the server can accept
 
             // It keeps a reserve of descriptors: past its budget it answers "server busy" instead of hitting EMFILE.
             await server.WaitForStderrAsync("the descriptor limit allows", Deadline);
