@@ -28,6 +28,9 @@ public sealed class EchoServer : IAsyncDisposable
     private (int Limit, byte[] Line)? _busyLine;
     private int _connectionLimit; // 0: unlimited; lowered under _limitLock when descriptors run short
     private readonly Lock _limitLock = new();
+    private int _startConnectionLimit; // the limit in force at start; restored once the descriptors allow it again
+    private long _startDescriptorLimit = long.MaxValue;
+    private volatile bool _capped; // _connectionLimit is below _startConnectionLimit for want of descriptors
     private List<Microsoft.Win32.SafeHandles.SafeFileHandle>? _reserve; // spare descriptors, freed at EMFILE
     private long _nextId;
     private int _activeCount;
@@ -128,7 +131,8 @@ public sealed class EchoServer : IAsyncDisposable
                 : "udp " + EndPointText.Format(datagrams.LocalEndPoint) + (dualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
         }
 
-        _connectionLimit = EffectiveConnectionLimit();
+        _connectionLimit = _startConnectionLimit = EffectiveConnectionLimit();
+        _startDescriptorLimit = DescriptorBudget.CurrentLimit() ?? long.MaxValue;
         _reserve = DescriptorBudget.OpenReserve();
 
         foreach (var listener in _listeners)
@@ -221,6 +225,11 @@ public sealed class EchoServer : IAsyncDisposable
         {
             CapAtOpenConnections(limit);
             return Admission.Busy;
+        }
+
+        if (_capped && limit >= _startDescriptorLimit && descriptor < limit - 2 * DescriptorBudget.Reserve)
+        {
+            RestoreStartLimit();
         }
 
         int count = Interlocked.Increment(ref _activeCount);
@@ -321,6 +330,7 @@ public sealed class EchoServer : IAsyncDisposable
         lock (_limitLock)
         {
             _connectionLimit = _connectionLimit == 0 ? lowered : Math.Min(_connectionLimit, lowered);
+            _capped = true;
         }
 
         foreach (var handle in reserve)
@@ -348,9 +358,35 @@ public sealed class EchoServer : IAsyncDisposable
             }
 
             _connectionLimit = lowered;
+            _capped = true;
         }
 
         Log.DescriptorLimited(_logger, lowered, $"capped at the connections open: the descriptor limit in force is {limit}");
+    }
+
+    /// <summary>
+    /// The descriptor limit is back where it was at start and a new descriptor leaves more than twice the
+    /// reserve free: the connection limit of the start applies again, with a reserve of spares held anew.
+    /// </summary>
+    private void RestoreStartLimit()
+    {
+        lock (_limitLock)
+        {
+            if (!_capped)
+            {
+                return;
+            }
+
+            _connectionLimit = _startConnectionLimit;
+            _capped = false;
+        }
+
+        if (Volatile.Read(ref _reserve) is null)
+        {
+            Interlocked.CompareExchange(ref _reserve, DescriptorBudget.OpenReserve(), null);
+        }
+
+        Log.DescriptorLimited(_logger, _startConnectionLimit, "restored: the descriptor limit is back to " + _startDescriptorLimit.ToString(System.Globalization.CultureInfo.InvariantCulture));
     }
 
     private void RefuseBusy(Socket socket)

@@ -339,7 +339,8 @@ public sealed class ReliabilityTests
         var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--no-greeting");
         await using (server)
         {
-            await LowerDescriptorLimitAsync(server, 256);
+            long startLimit = ProcStats.SoftDescriptorLimit(server.Pid);
+            await SetSoftDescriptorLimitAsync(server, 256);
             var clients = new List<Socket>();
             try
             {
@@ -355,6 +356,25 @@ public sealed class ReliabilityTests
             }
 
             await AssertServesFreshClientAsync(server, port);
+
+            // The limit back where it was: more clients than the cap are served again, none told busy.
+            await SetSoftDescriptorLimitAsync(server, startLimit);
+            clients.Clear();
+            try
+            {
+                await ConnectManyAsync(server, port, 400, clients);
+                foreach (var client in clients)
+                {
+                    await AssertEchoesAsync(client);
+                }
+
+                Assert.Contains("restored: the descriptor limit is back to", server.StandardErrorText, StringComparison.Ordinal);
+            }
+            finally
+            {
+                clients.ForEach(c => c.Dispose());
+            }
+
             Assert.False(server.HasExited);
         }
     }
@@ -374,7 +394,7 @@ public sealed class ReliabilityTests
             {
                 await ConnectManyAsync(server, port, 150, clients);
                 await AssertEchoesAsync(clients[^1]); // all 150 are in
-                await LowerDescriptorLimitAsync(server, 100);
+                await SetSoftDescriptorLimitAsync(server, 100);
                 await ConnectManyAsync(server, port, 50, clients);
 
                 Assert.Contains("retrying in", await server.WaitForStderrAsync("accept failed: Too many open files (EMFILE)", Deadline), StringComparison.Ordinal);
@@ -392,11 +412,13 @@ public sealed class ReliabilityTests
         }
     }
 
-    private static async Task LowerDescriptorLimitAsync(ChildProcess server, int limit)
+    /// <summary>Sets the running server's soft RLIMIT_NOFILE (prlimit --pid; the hard limit stays, so it can be raised again).</summary>
+    private static async Task SetSoftDescriptorLimitAsync(ChildProcess server, long limit)
     {
-        var lowered = await ChildProcess.RunProgramAsync("/usr/bin/prlimit", ExitDeadline, null,
-            "--pid", server.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), $"--nofile={limit}:{limit}");
-        Assert.Equal(0, lowered.ExitCode);
+        var set = await ChildProcess.RunProgramAsync("/usr/bin/prlimit", ExitDeadline, null,
+            "--pid", server.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), $"--nofile={limit}:");
+        Assert.True(set.ExitCode == 0, set.ToString());
+        Assert.Equal(limit, ProcStats.SoftDescriptorLimit(server.Pid));
     }
 
     /// <summary>Connects <paramref name="count"/> clients (the kernel completes them whether or not the server accepts).</summary>

@@ -2,7 +2,7 @@ using System.Globalization;
 
 namespace EchoKit.Tests.Infrastructure;
 
-/// <summary>What /proc says about a process: resident memory, open descriptors, CPU time.</summary>
+/// <summary>What /proc says about a process: resident memory, open descriptors and their limit, CPU time.</summary>
 public static class ProcStats
 {
     /// <summary>VmRSS in bytes.</summary>
@@ -21,6 +21,20 @@ public static class ProcStats
     }
 
     public static int OpenDescriptors(int pid) => Directory.GetFileSystemEntries($"/proc/{pid}/fd").Length;
+
+    /// <summary>The soft RLIMIT_NOFILE ("Max open files" in /proc/PID/limits).</summary>
+    public static long SoftDescriptorLimit(int pid)
+    {
+        foreach (var line in File.ReadLines($"/proc/{pid}/limits"))
+        {
+            if (line.StartsWith("Max open files", StringComparison.Ordinal))
+            {
+                return long.Parse(line["Max open files".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries)[0], CultureInfo.InvariantCulture);
+            }
+        }
+
+        throw new InvalidOperationException($"no 'Max open files' for pid {pid}");
+    }
 
     /// <summary>User + system CPU time consumed so far.</summary>
     public static TimeSpan CpuTime(int pid)
