@@ -30,7 +30,6 @@ public sealed class EchoServer : IAsyncDisposable
     private readonly Lock _limitLock = new();
     private int _startConnectionLimit; // the limit in force at start; restored once the descriptors allow it again
     private long _startDescriptorLimit = long.MaxValue;
-    private volatile bool _capped; // _connectionLimit is below _startConnectionLimit for want of descriptors
     private List<Microsoft.Win32.SafeHandles.SafeFileHandle>? _reserve; // spare descriptors, freed at EMFILE
     private long _nextId;
     private int _activeCount;
@@ -227,7 +226,7 @@ public sealed class EchoServer : IAsyncDisposable
             return Admission.Busy;
         }
 
-        if (_capped && limit >= _startDescriptorLimit && descriptor < limit - 2 * DescriptorBudget.Reserve)
+        if (Capped && limit >= _startDescriptorLimit && descriptor < limit - 2 * DescriptorBudget.Reserve)
         {
             RestoreStartLimit();
         }
@@ -330,7 +329,6 @@ public sealed class EchoServer : IAsyncDisposable
         lock (_limitLock)
         {
             _connectionLimit = _connectionLimit == 0 ? lowered : Math.Min(_connectionLimit, lowered);
-            _capped = true;
         }
 
         foreach (var handle in reserve)
@@ -358,11 +356,13 @@ public sealed class EchoServer : IAsyncDisposable
             }
 
             _connectionLimit = lowered;
-            _capped = true;
         }
 
         Log.DescriptorLimited(_logger, lowered, $"capped at the connections open: the descriptor limit in force is {limit}");
     }
+
+    /// <summary>The connection limit is below the start's for want of descriptors (only lowering changes it).</summary>
+    private bool Capped => Volatile.Read(ref _connectionLimit) != _startConnectionLimit;
 
     /// <summary>
     /// The descriptor limit is back where it was at start and a new descriptor leaves more than twice the
@@ -372,18 +372,18 @@ public sealed class EchoServer : IAsyncDisposable
     {
         lock (_limitLock)
         {
-            if (!_capped)
+            if (!Capped)
             {
                 return;
             }
 
             _connectionLimit = _startConnectionLimit;
-            _capped = false;
         }
 
-        if (Volatile.Read(ref _reserve) is null)
+        if (Volatile.Read(ref _reserve) is null && DescriptorBudget.OpenReserve() is { } spares
+            && Interlocked.CompareExchange(ref _reserve, spares, null) is not null)
         {
-            Interlocked.CompareExchange(ref _reserve, DescriptorBudget.OpenReserve(), null);
+            spares.ForEach(handle => handle.Dispose()); // another restore took its spares first
         }
 
         Log.DescriptorLimited(_logger, _startConnectionLimit, "restored: the descriptor limit is back to " + _startDescriptorLimit.ToString(System.Globalization.CultureInfo.InvariantCulture));
