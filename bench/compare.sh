@@ -6,6 +6,7 @@
 #   bench/compare.sh                         # C epoll and EchoKit, 3 rounds (about 10 minutes)
 #   ONLY=epoll,kestrel,echokit,echokit-socket ROUNDS=2 bench/compare.sh
 #   BENCH_SCENARIOS=A,B bench/compare.sh     # any compare.sh variable passes through
+# The JSON goes to bench/results/ (OUT=file to choose), its logs beside it (not kept in git).
 # Binaries of the baselines: BENCH_BIN (default ~/.cache/echobench/bin), built if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,6 @@ export BENCH_BIN="${BENCH_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/echobench/bin}"
 dotnet publish src/EchoKit.Cli -c Release -o artifacts/publish --nologo -v quiet >/dev/null
 ECHOKIT="$PWD/artifacts/publish/echokit serve --port {PORT} --no-greeting --quiet --log-level Warning --max-connections 0"
 BENCH_SECONDS="${BENCH_SECONDS:-3}" BENCH_WARMUP="${BENCH_WARMUP:-1}" BENCH_REPEAT="${ROUNDS:-3}" BENCH_ORDER="${BENCH_ORDER:-scenario}" \
-  "$SHARED/compare.sh" --only "${ONLY:-epoll,echokit}" \
+  "$SHARED/compare.sh" --only "${ONLY:-epoll,echokit}" --out "${OUT:-$PWD/bench/results/compare-$(date -u +%Y%m%dT%H%M%SZ).json}" \
   --server "echokit=$ECHOKIT" \
   --server "echokit-socket=$ECHOKIT --engine socket"
