@@ -10,9 +10,11 @@ namespace EchoKit;
 
 /// <summary>
 /// The TCP echo server: listeners, the set of live connections, limits and graceful shutdown.
-/// The per-connection work is in <see cref="EchoConnection"/>; the accept loop in <see cref="StreamListener"/>.
+/// The per-connection work is in <see cref="EchoConnection"/> (or the epoll engine's loops); the accept loop in
+/// <see cref="StreamListener"/>. Limits and the descriptor budget are in EchoServer.Limits.cs, the graceful stop
+/// in EchoServer.Stopping.cs.
 /// </summary>
-public sealed class EchoServer : IAsyncDisposable
+public sealed partial class EchoServer : IAsyncDisposable
 {
     /// <summary>At shutdown, a connection that has had no data for this long has echoed all it will get.</summary>
     private const long DrainQuietMs = 100;
@@ -178,19 +180,6 @@ public sealed class EchoServer : IAsyncDisposable
     /// <summary>The connection limit in force: --max-connections, lowered to what the descriptor limit allows.</summary>
     public int ConnectionLimit => _connectionLimit;
 
-    private int EffectiveConnectionLimit()
-    {
-        int configured = Options.MaxConnections;
-        int? budget = DescriptorBudget.Connections(_listeners.Count);
-        if (budget is { } fit && (configured == 0 || fit < configured))
-        {
-            Log.DescriptorLimited(_logger, fit, configured == 0 ? "unlimited" : configured.ToString(System.Globalization.CultureInfo.InvariantCulture));
-            return fit;
-        }
-
-        return configured;
-    }
-
     private IEnumerable<IPAddress> AddressesToBind()
     {
         if (Options.BindAddresses.Count > 0)
@@ -206,67 +195,7 @@ public sealed class EchoServer : IAsyncDisposable
         };
     }
 
-    internal enum Admission
-    {
-        Admitted,
-        Busy,
-        Stopping,
-    }
-
-    /// <summary>
-    /// Counts a new connection (its <paramref name="descriptor"/>) in, or says why not: over the limit,
-    /// too close to the descriptor limit, or accepted as the server stops.
-    /// </summary>
-    internal Admission Admit(int descriptor, out long id)
-    {
-        id = Interlocked.Increment(ref _nextId);
-        if (DescriptorBudget.NearLimit(descriptor, out long limit))
-        {
-            CapAtOpenConnections(limit);
-            return Admission.Busy;
-        }
-
-        if (Capped && limit >= _startDescriptorLimit && descriptor < limit - 2 * DescriptorBudget.Reserve)
-        {
-            RestoreStartLimit();
-        }
-
-        int count = Interlocked.Increment(ref _activeCount);
-        if (_connectionLimit > 0 && count > _connectionLimit)
-        {
-            Interlocked.Decrement(ref _activeCount);
-            return Admission.Busy;
-        }
-
-        if (Volatile.Read(ref _state) != 1)
-        {
-            Interlocked.Decrement(ref _activeCount);
-            return Admission.Stopping;
-        }
-
-        return Admission.Admitted;
-    }
-
-    /// <summary>The line a connection over the limit gets before it is closed.</summary>
-    internal byte[] BusyLine()
-    {
-        var cached = _busyLine;
-        int limit = _connectionLimit; // lowered at EMFILE, so cached per value
-        if (cached is not { } line || line.Limit != limit)
-        {
-            _busyLine = cached = (limit, System.Text.Encoding.ASCII.GetBytes($"server busy: {limit} connections\n"));
-        }
-
-        return cached.Value.Line;
-    }
-
     internal void ReportAccepted(long id, EndPoint? peer) => Log.Accepted(_logger, id, EndPointText.Format(peer));
-
-    internal void ReportBusy(EndPoint? peer)
-    {
-        Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit);
-        ConnectionClosed?.Invoke(new ClosedConnection(0, peer, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
-    }
 
     internal void ReportAbortingAtShutdown(int count) => Log.AbortingAtShutdown(_logger, count);
 
@@ -311,105 +240,6 @@ public sealed class EchoServer : IAsyncDisposable
         _ = connection.RunAsync();
     }
 
-    /// <summary>
-    /// Accept met EMFILE/ENFILE although the budget taken at start should have prevented it (the limit
-    /// was lowered under us, or something else holds descriptors): hand the runtime the spare
-    /// descriptors it needs to keep running, and lower the connection limit below what is open now,
-    /// so that further accepts are answered "server busy" and closed instead of eating the spares.
-    /// </summary>
-    internal void OnDescriptorsExhausted()
-    {
-        var reserve = Interlocked.Exchange(ref _reserve, null);
-        if (reserve is null)
-        {
-            return;
-        }
-
-        int lowered = Math.Max(1, ActiveConnections - reserve.Count);
-        lock (_limitLock)
-        {
-            _connectionLimit = _connectionLimit == 0 ? lowered : Math.Min(_connectionLimit, lowered);
-        }
-
-        foreach (var handle in reserve)
-        {
-            handle.Dispose();
-        }
-
-        Log.DescriptorLimited(_logger, _connectionLimit, "lowered after EMFILE");
-    }
-
-    /// <summary>
-    /// A new connection came within a third of the reserve of the descriptor limit in force
-    /// (<paramref name="limit"/>; lowered under the running server, or descriptors opened since the
-    /// budget was taken): no more connections than are open now, so that the runtime keeps the
-    /// descriptors it needs. Logged when the connection limit changes.
-    /// </summary>
-    private void CapAtOpenConnections(long limit)
-    {
-        int lowered = Math.Max(1, ActiveConnections);
-        lock (_limitLock)
-        {
-            if (_connectionLimit != 0 && _connectionLimit <= lowered)
-            {
-                return;
-            }
-
-            _connectionLimit = lowered;
-        }
-
-        Log.DescriptorLimited(_logger, lowered, $"capped at the connections open: the descriptor limit in force is {limit}");
-    }
-
-    /// <summary>The connection limit is below the start's for want of descriptors (only lowering changes it).</summary>
-    private bool Capped => Volatile.Read(ref _connectionLimit) != _startConnectionLimit;
-
-    /// <summary>
-    /// The descriptor limit is back where it was at start and a new descriptor leaves more than twice the
-    /// reserve free: the connection limit of the start applies again, with a reserve of spares held anew.
-    /// </summary>
-    private void RestoreStartLimit()
-    {
-        lock (_limitLock)
-        {
-            if (!Capped)
-            {
-                return;
-            }
-
-            _connectionLimit = _startConnectionLimit;
-        }
-
-        if (Volatile.Read(ref _reserve) is null && DescriptorBudget.OpenReserve() is { } spares
-            && Interlocked.CompareExchange(ref _reserve, spares, null) is not null)
-        {
-            spares.ForEach(handle => handle.Dispose()); // another restore took its spares first
-        }
-
-        Log.DescriptorLimited(_logger, _startConnectionLimit, "restored: the descriptor limit is back to " + _startDescriptorLimit.ToString(System.Globalization.CultureInfo.InvariantCulture));
-    }
-
-    private void RefuseBusy(Socket socket)
-    {
-        var peer = EndPointText.PeerOf(socket);
-        try
-        {
-            socket.Blocking = false;
-            socket.Send(BusyLine(), SocketFlags.None, out _);
-            socket.Shutdown(SocketShutdown.Send);
-        }
-        catch (SocketException)
-        {
-            // Best effort: the peer may already be gone.
-        }
-        finally
-        {
-            socket.Dispose();
-        }
-
-        ReportBusy(peer);
-    }
-
     internal void OnConnectionClosed(EchoConnection connection, ClosedConnection closed)
     {
         // Logged and announced before the stop can see the server drained: otherwise the "stopped" line,
@@ -419,120 +249,6 @@ public sealed class EchoServer : IAsyncDisposable
         if (Volatile.Read(ref _state) == 2 && _connections.IsEmpty)
         {
             _drained.TrySetResult();
-        }
-    }
-
-    /// <summary>
-    /// Graceful stop: close the listeners, let every connection echo what it has already received,
-    /// FIN, and wait; after <see cref="EchoServerOptions.ShutdownTimeout"/> abort what is left.
-    /// </summary>
-    public Task StopAsync()
-    {
-        if (Interlocked.Exchange(ref _state, 2) == 2)
-        {
-            return _stopTask ?? Task.CompletedTask;
-        }
-
-        return _stopTask = StopCoreAsync();
-    }
-
-    private async Task StopCoreAsync()
-    {
-        if (_loops is { } loops)
-        {
-            await StopLoopsAsync(loops).ConfigureAwait(false);
-            return;
-        }
-
-        foreach (var listener in _listeners)
-        {
-            listener.Dispose();
-        }
-
-        await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
-        foreach (var datagrams in _datagramServices)
-        {
-            datagrams.Dispose();
-        }
-
-        // No accept runs any more, so no connection is added from here on.
-        Log.ShuttingDown(_logger, _connections.Count, (long)Options.ShutdownTimeout.TotalMilliseconds);
-        if (_connections.IsEmpty)
-        {
-            _drained.TrySetResult();
-        }
-
-        var all = _drained.Task;
-        long deadline = MonotonicClock.Milliseconds + (long)Options.ShutdownTimeout.TotalMilliseconds;
-        long quietMs = Math.Min(DrainQuietMs, (long)Options.ShutdownTimeout.TotalMilliseconds / 4);
-        using var tick = new PeriodicTimer(TimeSpan.FromMilliseconds(10));
-        while (!all.IsCompleted && MonotonicClock.Milliseconds < deadline)
-        {
-            // Each connection says goodbye (FIN) once it has echoed what it had and gone quiet.
-            long now = MonotonicClock.Milliseconds;
-            foreach (var connection in _connections.Values)
-            {
-                connection.TryFinishDrain(now, quietMs);
-            }
-
-            await Task.WhenAny(all, tick.WaitForNextTickAsync().AsTask()).ConfigureAwait(false);
-        }
-
-        if (!all.IsCompleted)
-        {
-            var left = _connections.Values.ToArray();
-            Log.AbortingAtShutdown(_logger, left.Length);
-            foreach (var connection in left)
-            {
-                connection.Abort(CloseReason.ShutdownTimeout, reset: true);
-            }
-
-            await all.ConfigureAwait(false);
-        }
-
-        _heartbeat?.Dispose();
-        Log.Stopped(_logger, GC.GetTotalAllocatedBytes(precise: true));
-    }
-
-    /// <summary>The epoll engine's graceful stop: the loops stop accepting, drain, and exit.</summary>
-    private async Task StopLoopsAsync(EpollLoop[] loops)
-    {
-        await Task.WhenAll(loops.Select(l => l.StopAcceptingAsync())).ConfigureAwait(false);
-        foreach (var listener in _listeners)
-        {
-            listener.Dispose(); // no loop accepts from it any more
-        }
-
-        foreach (var datagrams in _datagramServices)
-        {
-            datagrams.Dispose();
-        }
-
-        Log.ShuttingDown(_logger, ActiveConnections, (long)Options.ShutdownTimeout.TotalMilliseconds);
-        long deadline = MonotonicClock.Milliseconds + (long)Options.ShutdownTimeout.TotalMilliseconds;
-        long quietMs = Math.Min(DrainQuietMs, (long)Options.ShutdownTimeout.TotalMilliseconds / 4);
-        foreach (var loop in loops)
-        {
-            loop.Drain(deadline, quietMs);
-        }
-
-        await Task.WhenAll(loops.Select(l => l.Exited)).ConfigureAwait(false);
-        Log.Stopped(_logger, GC.GetTotalAllocatedBytes(precise: true));
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        if (Volatile.Read(ref _state) == 1)
-        {
-            await StopAsync().ConfigureAwait(false);
-        }
-        else
-        {
-            Volatile.Write(ref _state, 2);
-            foreach (var listener in _listeners)
-            {
-                listener.Dispose();
-            }
         }
     }
 }

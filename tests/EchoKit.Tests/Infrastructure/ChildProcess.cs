@@ -84,7 +84,19 @@ public sealed partial class ChildProcess : IAsyncDisposable
             info.ArgumentList.Add(arg);
         }
 
-        return new ChildProcess(Process.Start(info) ?? throw new InvalidOperationException($"could not start {file}"), stdoutPaused, stderrPaused);
+        Process process;
+        try
+        {
+            process = Process.Start(info) ?? throw new InvalidOperationException($"could not start {file}");
+        }
+        catch (System.ComponentModel.Win32Exception e) when (!file.Contains('/', StringComparison.Ordinal))
+        {
+            // A third-party peer that is not installed: say which package brings it (.ci/run installs them).
+            string package = file switch { "nc" => "netcat-openbsd", "setpriv" => "util-linux", "ss" => "iproute2", _ => file };
+            throw new InvalidOperationException($"{file} is not installed (apt-get install {package}; .ci/run installs it): {e.Message}", e);
+        }
+
+        return new ChildProcess(process, stdoutPaused, stderrPaused);
     }
 
     /// <summary>Runs echokit to completion with <paramref name="stdin"/> as its input (then EOF).</summary>

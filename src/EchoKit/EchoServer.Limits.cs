@@ -1,0 +1,185 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using EchoKit.Internal;
+using EchoKit.Internal.Epoll;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace EchoKit;
+
+// Connection limits: --max-connections, the descriptor budget, and what a client past them is told.
+public sealed partial class EchoServer
+{
+    private int EffectiveConnectionLimit()
+    {
+        int configured = Options.MaxConnections;
+        int? budget = DescriptorBudget.Connections(_listeners.Count);
+        if (budget is { } fit && (configured == 0 || fit < configured))
+        {
+            Log.DescriptorLimited(_logger, fit, configured == 0 ? "unlimited" : configured.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            return fit;
+        }
+
+        return configured;
+    }
+
+    internal enum Admission
+    {
+        Admitted,
+        Busy,
+        Stopping,
+    }
+
+    /// <summary>
+    /// Counts a new connection (its <paramref name="descriptor"/>) in, or says why not: over the limit,
+    /// too close to the descriptor limit, or accepted as the server stops.
+    /// </summary>
+    internal Admission Admit(int descriptor, out long id)
+    {
+        id = Interlocked.Increment(ref _nextId);
+        if (DescriptorBudget.NearLimit(descriptor, out long limit))
+        {
+            CapAtOpenConnections(limit);
+            return Admission.Busy;
+        }
+
+        if (Capped && limit >= _startDescriptorLimit && descriptor < limit - 2 * DescriptorBudget.Reserve)
+        {
+            RestoreStartLimit();
+        }
+
+        int count = Interlocked.Increment(ref _activeCount);
+        if (_connectionLimit > 0 && count > _connectionLimit)
+        {
+            Interlocked.Decrement(ref _activeCount);
+            return Admission.Busy;
+        }
+
+        if (Volatile.Read(ref _state) != 1)
+        {
+            Interlocked.Decrement(ref _activeCount);
+            return Admission.Stopping;
+        }
+
+        return Admission.Admitted;
+    }
+
+    /// <summary>The line a connection over the limit gets before it is closed.</summary>
+    internal byte[] BusyLine()
+    {
+        var cached = _busyLine;
+        int limit = _connectionLimit; // lowered at EMFILE, so cached per value
+        if (cached is not { } line || line.Limit != limit)
+        {
+            _busyLine = cached = (limit, System.Text.Encoding.ASCII.GetBytes($"server busy: {limit} connections\n"));
+        }
+
+        return cached.Value.Line;
+    }
+
+    internal void ReportBusy(EndPoint? peer)
+    {
+        Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit);
+        ConnectionClosed?.Invoke(new ClosedConnection(0, peer, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
+    }
+
+    /// <summary>
+    /// Accept met EMFILE/ENFILE although the budget taken at start should have prevented it (the limit
+    /// was lowered under us, or something else holds descriptors): hand the runtime the spare
+    /// descriptors it needs to keep running, and lower the connection limit below what is open now,
+    /// so that further accepts are answered "server busy" and closed instead of eating the spares.
+    /// </summary>
+    internal void OnDescriptorsExhausted()
+    {
+        var reserve = Interlocked.Exchange(ref _reserve, null);
+        if (reserve is null)
+        {
+            return;
+        }
+
+        int lowered = Math.Max(1, ActiveConnections - reserve.Count);
+        lock (_limitLock)
+        {
+            _connectionLimit = _connectionLimit == 0 ? lowered : Math.Min(_connectionLimit, lowered);
+        }
+
+        foreach (var handle in reserve)
+        {
+            handle.Dispose();
+        }
+
+        Log.DescriptorLimited(_logger, _connectionLimit, "lowered after EMFILE");
+    }
+
+    /// <summary>
+    /// A new connection came within a third of the reserve of the descriptor limit in force
+    /// (<paramref name="limit"/>; lowered under the running server, or descriptors opened since the
+    /// budget was taken): no more connections than are open now, so that the runtime keeps the
+    /// descriptors it needs. Logged when the connection limit changes.
+    /// </summary>
+    private void CapAtOpenConnections(long limit)
+    {
+        int lowered = Math.Max(1, ActiveConnections);
+        lock (_limitLock)
+        {
+            if (_connectionLimit != 0 && _connectionLimit <= lowered)
+            {
+                return;
+            }
+
+            _connectionLimit = lowered;
+        }
+
+        Log.DescriptorLimited(_logger, lowered, $"capped at the connections open: the descriptor limit in force is {limit}");
+    }
+
+    /// <summary>The connection limit is below the start's for want of descriptors (only lowering changes it).</summary>
+    private bool Capped => Volatile.Read(ref _connectionLimit) != _startConnectionLimit;
+
+    /// <summary>
+    /// The descriptor limit is back where it was at start and a new descriptor leaves more than twice the
+    /// reserve free: the connection limit of the start applies again, with a reserve of spares held anew.
+    /// </summary>
+    private void RestoreStartLimit()
+    {
+        lock (_limitLock)
+        {
+            if (!Capped)
+            {
+                return;
+            }
+
+            _connectionLimit = _startConnectionLimit;
+        }
+
+        if (Volatile.Read(ref _reserve) is null && DescriptorBudget.OpenReserve() is { } spares
+            && Interlocked.CompareExchange(ref _reserve, spares, null) is not null)
+        {
+            spares.ForEach(handle => handle.Dispose()); // another restore took its spares first
+        }
+
+        Log.DescriptorLimited(_logger, _startConnectionLimit, "restored: the descriptor limit is back to " + _startDescriptorLimit.ToString(System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    private void RefuseBusy(Socket socket)
+    {
+        var peer = EndPointText.PeerOf(socket);
+        try
+        {
+            socket.Blocking = false;
+            socket.Send(BusyLine(), SocketFlags.None, out _);
+            socket.Shutdown(SocketShutdown.Send);
+        }
+        catch (SocketException)
+        {
+            // Best effort: the peer may already be gone.
+        }
+        finally
+        {
+            socket.Dispose();
+        }
+
+        ReportBusy(peer);
+    }
+}

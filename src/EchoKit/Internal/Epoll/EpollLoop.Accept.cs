@@ -1,0 +1,197 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+
+namespace EchoKit.Internal.Epoll;
+
+// The listeners: accepting, the EMFILE back-off, and admitting a new connection.
+internal sealed unsafe partial class EpollLoop
+{
+    private void ListenerAdd()
+    {
+        if (_listening || _stopAccepting)
+        {
+            return;
+        }
+
+        for (int i = 0; i < _listeners.Length; i++)
+        {
+            // EPOLLEXCLUSIVE: one loop wakes per new connection, not every loop.
+            Control(Native.EPOLL_CTL_ADD, _listeners[i].Fd, Native.EPOLLIN | Native.EPOLLEXCLUSIVE, ListenerFlag | (uint)i);
+        }
+
+        _listening = true;
+    }
+
+    private void ListenerRemove()
+    {
+        if (!_listening)
+        {
+            return;
+        }
+
+        foreach (var listener in _listeners)
+        {
+            Control(Native.EPOLL_CTL_DEL, listener.Fd, 0, 0);
+        }
+
+        _listening = false;
+    }
+
+    /// <summary>
+    /// Accepts on the listeners that were ready in this batch, after its other events: connections whose
+    /// peers have gone are closed first, so a client arriving behind a storm is counted against the
+    /// connections that are really left, and not told "server busy" by ones already closed.
+    /// </summary>
+    private void AcceptReady()
+    {
+        _anyListenerReady = false;
+        for (int i = 0; i < _listeners.Length; i++)
+        {
+            if (_listenerReady[i])
+            {
+                _listenerReady[i] = false;
+                AcceptBatchFrom(_listeners[i].Fd, _listeners[i].Tcp);
+            }
+        }
+    }
+
+    private void AcceptBatchFrom(int listenFd, bool tcp)
+    {
+        byte* address = stackalloc byte[128];
+        for (int i = 0; i < AcceptBatch && _listening; i++)
+        {
+            uint length = 128;
+            int fd = Native.Accept4(listenFd, address, &length, Native.SOCK_NONBLOCK | Native.SOCK_CLOEXEC);
+            if (fd < 0)
+            {
+                int errno = Native.LastError;
+                if (errno == Native.EAGAIN)
+                {
+                    return;
+                }
+
+                if (errno is Native.EMFILE or Native.ENFILE or Native.ENOBUFS or Native.ENOMEM)
+                {
+                    BackOffAccepting(errno);
+                    return;
+                }
+
+                continue; // that one connection died in the backlog (ECONNABORTED, EPROTO, ...): the listener is fine
+            }
+
+            _backoff = MinBackoff;
+            Admit(fd, tcp, PeerOf(address, length));
+        }
+    }
+
+    private void BackOffAccepting(int errno)
+    {
+        if (errno is Native.EMFILE or Native.ENFILE)
+        {
+            _server.OnDescriptorsExhausted();
+        }
+
+        long now = MonotonicClock.Milliseconds;
+        if (now - _lastAcceptLogTicks >= 1000)
+        {
+            Log.AcceptFailed(_logger, SocketErrorText.Describe(Native.ToSocketError(errno)), (long)_backoff.TotalMilliseconds, _suppressedAcceptLogs);
+            _lastAcceptLogTicks = now;
+            _suppressedAcceptLogs = 0;
+        }
+        else
+        {
+            _suppressedAcceptLogs++;
+        }
+
+        ListenerRemove();
+        _acceptResumeTicks = now + (long)_backoff.TotalMilliseconds;
+        _backoff = _backoff * 2 > MaxBackoff ? MaxBackoff : _backoff * 2;
+        _nextTickTicks = Math.Min(_nextTickTicks, _acceptResumeTicks);
+    }
+
+    private void Admit(int fd, bool tcp, EndPoint? peer)
+    {
+        switch (_server.Admit(fd, out long id))
+        {
+            case EchoServer.Admission.Busy:
+                fixed (byte* line = _server.BusyLine())
+                {
+                    Native.Send(fd, line, (nuint)_server.BusyLine().Length, Native.MSG_NOSIGNAL);
+                }
+
+                Native.Shutdown(fd, Native.SHUT_WR);
+                Native.Close(fd);
+                _server.ReportBusy(peer);
+                return;
+            case EchoServer.Admission.Stopping:
+                Native.Close(fd);
+                return;
+        }
+
+        if (tcp && _server.Options.NoDelay)
+        {
+            Native.SetNoDelay(fd);
+        }
+
+        if (fd >= _byFd.Length)
+        {
+            Array.Resize(ref _byFd, Math.Max(fd + 1, _byFd.Length * 2));
+        }
+
+        var c = new EpollConnection(fd, ++_nextSerial, id, peer, _now);
+        _byFd[fd] = c;
+        _count++;
+        _server.ReportAccepted(id, peer);
+        if (_server.Options.SendGreeting)
+        {
+            fixed (byte* greeting = Greeting.Bytes.Span)
+            {
+                if (!WriteOrKeep(c, greeting, Greeting.Bytes.Length))
+                {
+                    return;
+                }
+            }
+        }
+
+        UpdateEvents(c);
+    }
+
+    /// <summary>What .NET's RemoteEndPoint gives for an unbound Unix client: an address of just sa_family.</summary>
+    private static readonly EndPoint UnnamedUnixPeer = new UnixDomainSocketEndPoint("/").Create(new SocketAddress(AddressFamily.Unix, 2));
+
+    private static EndPoint? PeerOf(byte* address, uint length)
+    {
+        if (length < 2)
+        {
+            return null;
+        }
+
+        var family = *(ushort*)address switch
+        {
+            2 => AddressFamily.InterNetwork,    // AF_INET
+            10 => AddressFamily.InterNetworkV6, // AF_INET6
+            1 => AddressFamily.Unix,
+            _ => AddressFamily.Unknown,
+        };
+        if (family == AddressFamily.Unix)
+        {
+            return UnnamedUnixPeer; // a client's Unix socket is almost never bound to a name
+        }
+
+        if (family == AddressFamily.Unknown)
+        {
+            return null;
+        }
+
+        var socketAddress = new SocketAddress(family, (int)length);
+        new ReadOnlySpan<byte>(address, (int)length).CopyTo(socketAddress.Buffer.Span);
+        var template = family == AddressFamily.InterNetwork ? new IPEndPoint(IPAddress.Any, 0) : new IPEndPoint(IPAddress.IPv6Any, 0);
+        return EndPointText.Normalize(template.Create(socketAddress));
+    }
+}

@@ -1,0 +1,138 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+
+namespace EchoKit.Internal.Epoll;
+
+// The tick (timeouts, the drain, the accept back-off) and every way a connection ends.
+internal sealed unsafe partial class EpollLoop
+{
+    /// <summary>Timeouts, the drain and the accept back-off, every tick (only when one of them is in force).</summary>
+    private void Tick(long now)
+    {
+        if (!_listening && !_stopAccepting && now >= _acceptResumeTicks)
+        {
+            ListenerAdd();
+        }
+
+        if (_idleMs > 0 || _sendMs > 0 || _draining)
+        {
+            bool deadlinePassed = _draining && now >= _drainDeadlineTicks;
+            if (deadlinePassed && _count > 0)
+            {
+                _server.ReportAbortingAtShutdown(_count);
+            }
+
+            var all = _byFd;
+            for (int fd = 0; fd < all.Length; fd++)
+            {
+                if (all[fd] is not { } c)
+                {
+                    continue;
+                }
+
+                if (deadlinePassed)
+                {
+                    Close(c, CloseReason.ShutdownTimeout, Ending.Reset);
+                }
+                else if (_sendMs > 0 && c.SendBlockedTicks != 0 && now - c.SendBlockedTicks >= _sendMs)
+                {
+                    Close(c, CloseReason.SendTimeout, Ending.Reset);
+                }
+                else if (_idleMs > 0 && now - c.LastReceiveTicks >= _idleMs)
+                {
+                    Close(c, CloseReason.IdleTimeout, Ending.ShutdownBoth);
+                }
+                else if (_draining && !c.FinSent && c.PendingBytes == 0 && !c.SinkBlocked && now - c.LastReceiveTicks >= _quietMs)
+                {
+                    // Echoed what it had and gone quiet: say goodbye; the peer's close ends it.
+                    c.FinSent = true;
+                    Native.Shutdown(c.Fd, Native.SHUT_WR);
+                }
+            }
+        }
+
+        long next = long.MaxValue;
+        if (_draining)
+        {
+            next = now + 10;
+        }
+        else if (_timeoutTickMs > 0)
+        {
+            next = now + _timeoutTickMs;
+        }
+
+        if (!_listening && !_stopAccepting)
+        {
+            next = Math.Min(next, _acceptResumeTicks);
+        }
+
+        _nextTickTicks = next;
+    }
+
+    private enum Ending
+    {
+        /// <summary>shutdown(SHUT_WR) then close: an orderly FIN.</summary>
+        SendFin,
+        /// <summary>shutdown(SHUT_RDWR) then close.</summary>
+        ShutdownBoth,
+        /// <summary>SO_LINGER 0 then close: an RST, unsent bytes discarded.</summary>
+        Reset,
+        /// <summary>close only (the socket already failed).</summary>
+        CloseOnly,
+    }
+
+    private void Fail(EpollConnection c, int errno)
+    {
+        c.Error = Native.ToSocketError(errno);
+        Close(c, SocketErrorText.IsPeerReset(c.Error) ? CloseReason.PeerReset : CloseReason.Error, Ending.CloseOnly);
+    }
+
+    private void Close(EpollConnection c, CloseReason reason, Ending ending)
+    {
+        if (_byFd[c.Fd] != c)
+        {
+            return; // already closed
+        }
+
+        _byFd[c.Fd] = null;
+        _count--;
+        if (c.HotIndex >= 0)
+        {
+            HotRemove(c);
+        }
+
+        switch (ending)
+        {
+            case Ending.SendFin:
+                Native.Shutdown(c.Fd, Native.SHUT_WR);
+                break;
+            case Ending.ShutdownBoth:
+                Native.Shutdown(c.Fd, Native.SHUT_RDWR);
+                break;
+            case Ending.Reset:
+                Native.SetAbortiveClose(c.Fd);
+                break;
+        }
+
+        Native.Close(c.Fd); // also takes it out of the epoll set
+        ReleasePending(c);
+        _server.ReportClosed(new ClosedConnection(c.Id, c.Peer, reason, c.Error, c.BytesIn, c.BytesOut, Stopwatch.GetElapsedTime(c.StartTimestamp)));
+    }
+
+    private void AbortAll(CloseReason reason)
+    {
+        for (int fd = 0; fd < _byFd.Length; fd++)
+        {
+            if (_byFd[fd] is { } c)
+            {
+                Close(c, reason, Ending.Reset);
+            }
+        }
+    }
+}
