@@ -57,7 +57,7 @@ internal sealed class LoadConnection : ILoadFlow
     /// vs 107k msgs/s with 100 connections, 30k involuntary context switches in 3 s). The connect
     /// timeout is SO_SNDTIMEO, which Linux applies to connect(). The socket is closed on failure.
     /// </summary>
-    internal static Socket ConnectBlocking(BenchOptions options, EndPoint endPoint)
+    internal static Socket ConnectBlocking(BenchOptions options, EndPoint endPoint, int? skipGreeting, out GreetingSeen seen)
     {
         var socket = NewStreamSocket(endPoint);
         try
@@ -73,7 +73,7 @@ internal sealed class LoadConnection : ILoadFlow
             }
 
             socket.SendTimeout = 0;
-            SkipGreetingBlocking(socket, options.SkipGreeting);
+            seen = SkipGreetingBlocking(socket, skipGreeting);
             return socket;
         }
         catch
@@ -83,11 +83,20 @@ internal sealed class LoadConnection : ILoadFlow
         }
     }
 
+    /// <summary>What the detection of a greeting found (or that a count was given).</summary>
+    internal enum GreetingSeen
+    {
+        Counted,
+        None,
+        EchoKit,
+        Other,
+    }
+
     /// <summary>
     /// Reads the server's greeting. A count reads exactly that many bytes. Auto: wait up to 300 ms for
     /// unsolicited bytes; EchoKit's 181-byte greeting is read whole, anything else until 100 ms pass quietly.
     /// </summary>
-    private static void SkipGreetingBlocking(Socket socket, int? count)
+    private static GreetingSeen SkipGreetingBlocking(Socket socket, int? count)
     {
         var buffer = new byte[Math.Max(4096, count ?? 0)];
         if (count is { } exact)
@@ -109,7 +118,7 @@ internal sealed class LoadConnection : ILoadFlow
                 got += n;
             }
 
-            return;
+            return GreetingSeen.Counted;
         }
 
         var greeting = Greeting.Bytes.Span;
@@ -127,11 +136,13 @@ internal sealed class LoadConnection : ILoadFlow
             total += n;
             if (isEchoKitGreeting && total == greeting.Length)
             {
-                return;
+                return GreetingSeen.EchoKit;
             }
 
             wait = TimeSpan.FromMilliseconds(100);
         }
+
+        return total == 0 ? GreetingSeen.None : GreetingSeen.Other;
     }
 
     public async Task RunAsync()
