@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using EchoKit.Bench;
 using EchoKit.Client;
@@ -101,6 +102,21 @@ internal static class BenchCommand
     private static async Task<int> RunAsync(BenchOptions options, bool json)
     {
         var generator = new LoadGenerator(options);
+
+        // The first Ctrl+C (or SIGTERM) ends the run early and reports what was measured so far, like
+        // iperf3; a second one is left to its default action and ends the process at once. The handler
+        // only sets a flag: nothing may write to the console while the live display runs.
+        void OnSignal(PosixSignalContext context)
+        {
+            if (!generator.StoppedEarly)
+            {
+                context.Cancel = true;
+                generator.StopEarly();
+            }
+        }
+
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
         var run = generator.RunAsync();
         BenchResult result;
         try
@@ -111,6 +127,12 @@ internal static class BenchCommand
         catch (ConnectFailedException e)
         {
             return Program.Fail(ConnectCommand.ExitCodeOf(e), e.Message);
+        }
+
+        if (generator.StoppedEarly)
+        {
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"echokit bench: stopped early by a signal: {result.Seconds:0.0} s measured of {options.Duration.TotalSeconds:0.0} s"));
         }
 
         if (json)

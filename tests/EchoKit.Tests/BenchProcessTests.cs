@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Text;
 using System.Text.Json;
 using EchoKit.Tests.Infrastructure;
 
@@ -76,6 +77,28 @@ public sealed class BenchProcessTests
         Assert.True(json.RootElement.GetProperty("msgs").GetInt64() > 10, result.StdoutText);
         Assert.Equal(0, json.RootElement.GetProperty("mismatches").GetInt64());
         Assert.Equal(3, json.RootElement.GetProperty("active_at_end").GetInt64());
+    }
+
+    [Theory]
+    [InlineData("epoll", ChildProcess.SIGINT)]
+    [InlineData("socket", ChildProcess.SIGTERM)]
+    public async Task Ctrl_C_ends_the_run_early_and_reports_what_was_measured_so_far(string engine, int signal)
+    {
+        await using var server = new EchoServer(new EchoServerOptions { Port = 0, SendGreeting = false });
+        server.Start();
+        await using var bench = ChildProcess.Start("bench", $"127.0.0.1:{server.LocalEndPoints[0].Port}", "-c", "4", "-t", "60s",
+            "--warmup", "0", "--skip-greeting", "0", "--json", "--engine", engine);
+        await bench.WaitForStderrAsync("measuring t=", Loopback.Deadline); // the once-a-second progress line
+
+        bench.Signal(signal);
+        Assert.Equal(0, await bench.WaitForExitAsync(ExitDeadline));
+        using var json = JsonDocument.Parse(bench.StandardOutputBytes);
+        var root = json.RootElement;
+        Assert.InRange(root.GetProperty("seconds").GetDouble(), 0.5, 50);
+        Assert.True(root.GetProperty("msgs").GetInt64() > 0, Encoding.UTF8.GetString(bench.StandardOutputBytes));
+        Assert.Equal(0, root.GetProperty("mismatches").GetInt64());
+        Assert.Equal(4, root.GetProperty("active_at_end").GetInt64());
+        Assert.Contains("stopped early by a signal", bench.StandardErrorText, StringComparison.Ordinal);
     }
 
     [Theory]

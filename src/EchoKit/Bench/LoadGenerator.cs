@@ -26,6 +26,7 @@ public sealed class LoadGenerator
     private readonly long _start = Stopwatch.GetTimestamp();
     private volatile int _phase; // 0 connecting, 1 warmup, 2 measuring, 3 done
     private int _connectFailures;
+    private readonly TaskCompletionSource _stopEarly = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public LoadGenerator(BenchOptions options)
     {
@@ -201,7 +202,7 @@ public sealed class LoadGenerator
             runs = _workers.Select(w => Task.Run(w.RunAsync, CancellationToken.None)).ToArray();
         }
 
-        await Task.Delay(_options.Warmup, cancellationToken).ConfigureAwait(false);
+        await WaitOrStopEarlyAsync(_options.Warmup, cancellationToken).ConfigureAwait(false);
 
         foreach (var histogram in _histograms)
         {
@@ -212,7 +213,7 @@ public sealed class LoadGenerator
         _phase = 2;
         try
         {
-            await Task.Delay(_options.Duration, cancellationToken).ConfigureAwait(false);
+            await WaitOrStopEarlyAsync(_options.Duration, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -259,6 +260,25 @@ public sealed class LoadGenerator
             ConnectFailures = _connectFailures,
             ActiveAtEnd = activeAtEnd,
         };
+    }
+
+    /// <summary>
+    /// Ends the run early (Ctrl+C): what is left of the warm-up and of the measurement is skipped, and the
+    /// result covers the time measured so far. Safe from any thread; only the first call counts.
+    /// </summary>
+    public void StopEarly() => _stopEarly.TrySetResult();
+
+    /// <summary>Whether <see cref="StopEarly"/> was called.</summary>
+    public bool StoppedEarly => _stopEarly.Task.IsCompleted;
+
+    private async Task WaitOrStopEarlyAsync(TimeSpan duration, CancellationToken cancellationToken)
+    {
+        if (!StoppedEarly)
+        {
+            await Task.WhenAny(Task.Delay(duration, cancellationToken), _stopEarly.Task).ConfigureAwait(false);
+        }
+
+        cancellationToken.ThrowIfCancellationRequested();
     }
 
     /// <summary>The error of the last failed connect, for the report.</summary>
