@@ -152,8 +152,13 @@ internal static class BenchCommand
         long failed = result.Connections - result.ActiveAtEnd;
         if (failed * 100 > result.Connections)
         {
+            long dropped = failed - result.ConnectFailures;
+            string why = dropped == 0 ? ""
+                : generator.FirstDropError is { } error ? $"; the first dropped: {SocketErrorText.Describe(error)}"
+                : "; the first dropped: closed by the server";
+            string what = options.Udp ? "UDP flows" : "connections";
             return Program.Fail(ExitCodes.BenchConnectionsFailed,
-                $"{failed} of {result.Connections} connections failed ({result.ConnectFailures} could not connect, {failed - result.ConnectFailures} dropped)");
+                $"{failed} of {result.Connections} {what} failed ({result.ConnectFailures} could not connect, {dropped} dropped{why})");
         }
 
         return ExitCodes.Ok;

@@ -163,7 +163,7 @@ public sealed class BenchProcessTests
             "--skip-greeting", "0", "--json", "--engine", engine);
 
         Assert.Equal(10, result.ExitCode);
-        Assert.Contains("2 of 4 connections failed (0 could not connect, 2 dropped)", result.Stderr, StringComparison.Ordinal);
+        Assert.Contains("2 of 4 connections failed (0 could not connect, 2 dropped; the first dropped: closed by the server)", result.Stderr, StringComparison.Ordinal);
         using var json = JsonDocument.Parse(result.StdoutText);
         Assert.Equal(2, json.RootElement.GetProperty("active_at_end").GetInt64());
         Assert.Equal(0, json.RootElement.GetProperty("mismatches").GetInt64());

@@ -220,6 +220,22 @@ public sealed class UdpTests
         }
     }
 
+    [Fact]
+    public async Task Bench_udp_to_a_port_nobody_answers_says_connection_refused_and_exits_10()
+    {
+        int port;
+        using (var probe = UdpClient(IPAddress.Loopback)) // a UDP port that was free a moment ago
+        {
+            port = ((IPEndPoint)probe.LocalEndPoint!).Port;
+        }
+
+        var result = await ChildProcess.RunAsync(ExitDeadline, null,
+            "bench", "--udp", $"127.0.0.1:{port}", "-c", "2", "-t", "500ms", "--warmup", "0", "--json");
+        Assert.Equal(10, result.ExitCode);
+        Assert.Contains("2 of 2 UDP flows failed (0 could not connect, 2 dropped; the first dropped: Connection refused (ECONNREFUSED))",
+            result.Stderr, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("--udp measures ping-pong only", "-d", "4")]
     [InlineData("with --udp, --size must be at least 8", "-s", "4")]

@@ -321,7 +321,7 @@ internal sealed unsafe class EpollLoadLoop
 
                 if (errno != Native.EAGAIN)
                 {
-                    Fail(c);
+                    Fail(c, errno);
                     return;
                 }
 
@@ -345,7 +345,7 @@ internal sealed unsafe class EpollLoadLoop
                     return;
                 }
 
-                Fail(c); // closed or reset by the server
+                Fail(c, (int)-n); // closed (0) or reset by the server
                 return;
             }
 
@@ -471,7 +471,8 @@ internal sealed unsafe class EpollLoadLoop
         c.Events = wanted;
     }
 
-    private void Fail(EpollLoadConnection c)
+    /// <summary>Ends a connection; <paramref name="errno"/> is why (0: the server closed it), reported unless the run is ending.</summary>
+    private void Fail(EpollLoadConnection c, int errno = 0)
     {
         if (c.Done)
         {
@@ -480,6 +481,11 @@ internal sealed unsafe class EpollLoadLoop
 
         c.Done = true;
         c.Failed = !_owner.Stopping;
+        if (c.Failed)
+        {
+            _owner.ReportDrop(errno == 0 ? null : Native.ToSocketError(errno));
+        }
+
         Control(Native.EPOLL_CTL_DEL, c.Fd, 0, 0);
     }
 

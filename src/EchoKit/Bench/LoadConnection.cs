@@ -164,6 +164,7 @@ internal sealed class LoadConnection : ILoadFlow
             if (!_owner.Stopping)
             {
                 _failed = true;
+                _owner.ReportDrop(e is SocketException se ? se.SocketErrorCode : null);
             }
         }
     }
@@ -202,6 +203,7 @@ internal sealed class LoadConnection : ILoadFlow
                 if (!_owner.Stopping)
                 {
                     _failed = true; // dropped by the server
+                    _owner.ReportDrop(null);
                 }
 
                 return;

@@ -281,6 +281,27 @@ public sealed class LoadGenerator
         cancellationToken.ThrowIfCancellationRequested();
     }
 
+    /// <summary>
+    /// A connection (or UDP flow) of the run failed: <paramref name="error"/> is why, null when the server
+    /// closed it. The first one is kept for the report.
+    /// </summary>
+    internal void ReportDrop(SocketError? error)
+    {
+        lock (_workers)
+        {
+            if (!_dropped)
+            {
+                _dropped = true;
+                FirstDropError = error;
+            }
+        }
+    }
+
+    private bool _dropped;
+
+    /// <summary>Why the first connection dropped during the run failed (null: the server closed it, or none did).</summary>
+    public SocketError? FirstDropError { get; private set; }
+
     /// <summary>The error of the last failed connect, for the report.</summary>
     public SocketError? LastConnectError { get; private set; }
 }

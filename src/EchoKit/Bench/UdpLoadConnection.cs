@@ -104,6 +104,10 @@ internal sealed class UdpLoadConnection : ILoadFlow
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
             Failed = !_owner.Stopping;
+            if (Failed)
+            {
+                _owner.ReportDrop(e is SocketException se ? se.SocketErrorCode : null);
+            }
         }
     }
 
