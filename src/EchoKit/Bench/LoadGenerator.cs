@@ -101,25 +101,39 @@ public sealed class LoadGenerator
             throw new ArgumentOutOfRangeException(nameof(BenchOptions.MessageSize));
         }
 
-        EndPoint endPoint = _options.UnixPath is { } path
-            ? new UnixDomainSocketEndPoint(path)
-            : new IPEndPoint((await SocketConnector.ResolveAsync(_options.Host, _options.Port, family: null).ConfigureAwait(false))[0], _options.Port);
+        EndPoint[] candidates = _options.UnixPath is { } path
+            ? [new UnixDomainSocketEndPoint(path)]
+            : [.. (await SocketConnector.ResolveAsync(_options.Host, _options.Port, family: null).ConfigureAwait(false))
+                .Select(address => new IPEndPoint(address, _options.Port))];
+        EndPoint endPoint = candidates[0];
 
         bool epoll = UsesEpoll;
 
-        // Connect (at most 200 handshakes at once), then read each greeting. Without --skip-greeting the
-        // first connection finds out what the server sends (waiting up to 300 ms when it sends nothing) and
-        // the others read the same: detecting on every connection kept a server without a greeting waiting
-        // 300 ms per connection on a few blocked threads (1,000 connections: 37 s before the first message).
+        // The first connection goes alone. It tries each address the name resolved to, in order, as nc does
+        // ("localhost" is ::1 and 127.0.0.1; the server may listen on either), and the others use the one
+        // that answered. Without --skip-greeting it also finds out what the server sends (waiting up to 300 ms
+        // when it sends nothing) and the others read the same: detecting on every connection kept a server
+        // without a greeting waiting 300 ms per connection on a few blocked threads (1,000 connections: 37 s
+        // before the first message).
         int? skip = _options.SkipGreeting;
         int first = 0;
-        if (skip is null && !_options.Udp)
+        if (!_options.Udp)
         {
-            var seen = await ConnectOneAsync(0, null).ConfigureAwait(false);
+            LoadConnection.GreetingSeen? seen = null;
+            for (int c = 0; c < candidates.Length && seen is null; c++)
+            {
+                seen = await ConnectOneAsync(0, skip, candidates[c], countFailure: c == candidates.Length - 1).ConfigureAwait(false);
+                if (seen is not null)
+                {
+                    endPoint = candidates[c];
+                }
+            }
+
             skip = seen switch
             {
                 LoadConnection.GreetingSeen.None => 0,
                 LoadConnection.GreetingSeen.EchoKit => Greeting.Bytes.Length,
+                LoadConnection.GreetingSeen.Counted => skip,
                 _ => null, // some other greeting, or no connection: detect on each
             };
             first = 1;
@@ -131,7 +145,7 @@ public sealed class LoadGenerator
             await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
-                await ConnectOneAsync(i, skip).ConfigureAwait(false);
+                await ConnectOneAsync(i, skip, endPoint, countFailure: true).ConfigureAwait(false);
             }
             finally
             {
@@ -140,9 +154,9 @@ public sealed class LoadGenerator
         }).ToArray();
         await Task.WhenAll(connecting).ConfigureAwait(false);
 
-        // One connection (flow) of the load, added to the workers; a failure is counted. What the greeting
-        // detection saw, when it ran (null: the connection failed).
-        async Task<LoadConnection.GreetingSeen?> ConnectOneAsync(int i, int? skipGreeting)
+        // One connection (flow) of the load, added to the workers; a failure is counted if countFailure.
+        // What the greeting detection saw, when it ran (null: the connection failed).
+        async Task<LoadConnection.GreetingSeen?> ConnectOneAsync(int i, int? skipGreeting, EndPoint target, bool countFailure)
         {
             try
             {
@@ -150,11 +164,11 @@ public sealed class LoadGenerator
                 LoadConnection.GreetingSeen seen = LoadConnection.GreetingSeen.Counted;
                 if (_options.Udp)
                 {
-                    worker = UdpLoadConnection.Open(this, i, endPoint);
+                    worker = UdpLoadConnection.Open(this, i, target);
                 }
                 else
                 {
-                    var socket = await Task.Run(() => LoadConnection.ConnectBlocking(_options, endPoint, skipGreeting, out seen), cancellationToken).ConfigureAwait(false);
+                    var socket = await Task.Run(() => LoadConnection.ConnectBlocking(_options, target, skipGreeting, out seen), cancellationToken).ConfigureAwait(false);
                     worker = epoll ? new EpollLoadConnection(this, socket, StartOffset(i), i) : LoadConnection.Open(this, i, socket);
                 }
 
@@ -172,8 +186,12 @@ public sealed class LoadGenerator
                     throw;
                 }
 
-                Interlocked.Increment(ref _connectFailures);
-                LastConnectError ??= e is SocketException se ? se.SocketErrorCode : SocketError.TimedOut;
+                if (countFailure)
+                {
+                    Interlocked.Increment(ref _connectFailures);
+                    LastConnectError ??= e is SocketException se ? se.SocketErrorCode : SocketError.TimedOut;
+                }
+
                 return null;
             }
         }
@@ -181,7 +199,7 @@ public sealed class LoadGenerator
         if (_workers.Count == 0)
         {
             throw new ConnectFailedException(
-                $"no connection to {EndPointText.Format(endPoint)} succeeded: {SocketErrorText.Describe(LastConnectError ?? SocketError.ConnectionRefused)}",
+                $"no connection to {(candidates.Length > 1 ? $"{_options.Host}:{_options.Port} ({string.Join(", ", candidates.Select(c => EndPointText.Format(c)))})" : EndPointText.Format(endPoint))} succeeded: {SocketErrorText.Describe(LastConnectError ?? SocketError.ConnectionRefused)}",
                 _options.Host, _options.Port, LastConnectError ?? SocketError.ConnectionRefused);
         }
 
