@@ -1,10 +1,5 @@
-using System.Collections.Concurrent;
-using System.Net;
-using System.Net.Sockets;
 using EchoKit.Internal;
 using EchoKit.Internal.Epoll;
-using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
 
 namespace EchoKit;
 

@@ -1,6 +1,4 @@
-using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using EchoKit.Tests.Infrastructure;
 using static EchoKit.Tests.Infrastructure.Loopback;
 

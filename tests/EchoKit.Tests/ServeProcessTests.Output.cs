@@ -1,4 +1,3 @@
-using System.Net;
 using System.Net.Sockets;
 using EchoKit.Tests.Infrastructure;
 using static EchoKit.Tests.Infrastructure.Loopback;

@@ -1,11 +1,5 @@
-using System.Buffers;
-using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Net;
 using System.Net.Sockets;
-using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
-using Microsoft.Extensions.Logging;
 
 namespace EchoKit.Internal.Epoll;
 
