@@ -27,6 +27,7 @@ public sealed class LoadGenerator
     private volatile int _phase; // 0 connecting, 1 warmup, 2 measuring, 3 done
     private int _connectFailures;
     private readonly TaskCompletionSource _stopEarly = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private bool _dropped; // under the _workers lock: a connection failed during the run (FirstDropError says why)
 
     public LoadGenerator(BenchOptions options)
     {
@@ -198,8 +199,10 @@ public sealed class LoadGenerator
 
         if (_workers.Count == 0)
         {
+            string tried = candidates.Length == 1 ? EndPointText.Format(endPoint)
+                : $"{_options.Host}:{_options.Port} ({string.Join(", ", candidates.Select(EndPointText.Format))})";
             throw new ConnectFailedException(
-                $"no connection to {(candidates.Length > 1 ? $"{_options.Host}:{_options.Port} ({string.Join(", ", candidates.Select(c => EndPointText.Format(c)))})" : EndPointText.Format(endPoint))} succeeded: {SocketErrorText.Describe(LastConnectError ?? SocketError.ConnectionRefused)}",
+                $"no connection to {tried} succeeded: {SocketErrorText.Describe(LastConnectError ?? SocketError.ConnectionRefused)}",
                 _options.Host, _options.Port, LastConnectError ?? SocketError.ConnectionRefused);
         }
 
@@ -314,8 +317,6 @@ public sealed class LoadGenerator
             }
         }
     }
-
-    private bool _dropped;
 
     /// <summary>Why the first connection dropped during the run failed (null: the server closed it, or none did).</summary>
     public SocketError? FirstDropError { get; private set; }
