@@ -57,7 +57,7 @@ internal sealed class LoadConnection : ILoadFlow
     /// vs 107k msgs/s with 100 connections, 30k involuntary context switches in 3 s). The connect
     /// timeout is SO_SNDTIMEO, which Linux applies to connect(). The socket is closed on failure.
     /// </summary>
-    internal static Socket ConnectBlocking(BenchOptions options, EndPoint endPoint, int? skipGreeting, out GreetingSeen seen)
+    internal static Socket ConnectBlocking(BenchOptions options, EndPoint endPoint, int? skipGreeting, bool greetingExpected, out GreetingSeen seen)
     {
         var socket = NewStreamSocket(endPoint);
         try
@@ -73,7 +73,7 @@ internal sealed class LoadConnection : ILoadFlow
             }
 
             socket.SendTimeout = 0;
-            seen = SkipGreetingBlocking(socket, skipGreeting);
+            seen = SkipGreetingBlocking(socket, skipGreeting, greetingExpected);
             return socket;
         }
         catch
@@ -94,9 +94,11 @@ internal sealed class LoadConnection : ILoadFlow
 
     /// <summary>
     /// Reads the server's greeting. A count reads exactly that many bytes. Auto: wait up to 300 ms for
-    /// unsolicited bytes; EchoKit's 181-byte greeting is read whole, anything else until 100 ms pass quietly.
+    /// unsolicited bytes (up to 10 s when <paramref name="greetingExpected"/>: another connection has seen
+    /// one, and a busy server may be slow to send it); EchoKit's 181-byte greeting is read whole, anything
+    /// else until 100 ms pass quietly.
     /// </summary>
-    private static GreetingSeen SkipGreetingBlocking(Socket socket, int? count)
+    private static GreetingSeen SkipGreetingBlocking(Socket socket, int? count, bool greetingExpected)
     {
         var buffer = new byte[Math.Max(4096, count ?? 0)];
         if (count is { } exact)
@@ -123,7 +125,7 @@ internal sealed class LoadConnection : ILoadFlow
 
         var greeting = Greeting.Bytes.Span;
         int total = 0;
-        var wait = TimeSpan.FromMilliseconds(300);
+        var wait = greetingExpected ? TimeSpan.FromSeconds(10) : TimeSpan.FromMilliseconds(300);
         while (socket.Poll(wait, SelectMode.SelectRead))
         {
             int n = socket.Receive(buffer, 0, total < greeting.Length ? greeting.Length - total : buffer.Length, SocketFlags.None);
@@ -140,6 +142,11 @@ internal sealed class LoadConnection : ILoadFlow
             }
 
             wait = TimeSpan.FromMilliseconds(100);
+        }
+
+        if (total == 0 && greetingExpected)
+        {
+            throw new SocketException((int)SocketError.TimedOut); // no greeting where the others had one
         }
 
         return total == 0 ? GreetingSeen.None : GreetingSeen.Other;

@@ -117,13 +117,14 @@ public sealed class LoadGenerator
         // without a greeting waiting 300 ms per connection on a few blocked threads (1,000 connections: 37 s
         // before the first message).
         int? skip = _options.SkipGreeting;
+        bool greetingExpected = false;
         int first = 0;
         if (!_options.Udp)
         {
             LoadConnection.GreetingSeen? seen = null;
             for (int c = 0; c < candidates.Length && seen is null; c++)
             {
-                seen = await ConnectOneAsync(0, skip, candidates[c], countFailure: c == candidates.Length - 1).ConfigureAwait(false);
+                seen = await ConnectOneAsync(0, skip, false, candidates[c], countFailure: c == candidates.Length - 1).ConfigureAwait(false);
                 if (seen is not null)
                 {
                     endPoint = candidates[c];
@@ -137,6 +138,7 @@ public sealed class LoadGenerator
                 LoadConnection.GreetingSeen.Counted => skip,
                 _ => null, // some other greeting, or no connection: detect on each
             };
+            greetingExpected = seen is LoadConnection.GreetingSeen.Other; // then wait for it on each, however slow
             first = 1;
         }
 
@@ -146,7 +148,7 @@ public sealed class LoadGenerator
             await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
-                await ConnectOneAsync(i, skip, endPoint, countFailure: true).ConfigureAwait(false);
+                await ConnectOneAsync(i, skip, greetingExpected, endPoint, countFailure: true).ConfigureAwait(false);
             }
             finally
             {
@@ -157,7 +159,7 @@ public sealed class LoadGenerator
 
         // One connection (flow) of the load, added to the workers; a failure is counted if countFailure.
         // What the greeting detection saw, when it ran (null: the connection failed).
-        async Task<LoadConnection.GreetingSeen?> ConnectOneAsync(int i, int? skipGreeting, EndPoint target, bool countFailure)
+        async Task<LoadConnection.GreetingSeen?> ConnectOneAsync(int i, int? skipGreeting, bool expectGreeting, EndPoint target, bool countFailure)
         {
             try
             {
@@ -169,7 +171,11 @@ public sealed class LoadGenerator
                 }
                 else
                 {
-                    var socket = await Task.Run(() => LoadConnection.ConnectBlocking(_options, target, skipGreeting, out seen), cancellationToken).ConfigureAwait(false);
+                    // A thread of its own (LongRunning): the connect and the greeting read block, up to 300 ms
+                    // when detecting; on the thread pool's few threads 200 connections to a server with a greeting
+                    // of its own took 8 s to start.
+                    var socket = await Task.Factory.StartNew(() => LoadConnection.ConnectBlocking(_options, target, skipGreeting, expectGreeting, out seen),
+                        cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
                     worker = epoll ? new EpollLoadConnection(this, socket, StartOffset(i), i) : LoadConnection.Open(this, i, socket);
                 }
 
