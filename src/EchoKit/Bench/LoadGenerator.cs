@@ -124,7 +124,7 @@ public sealed class LoadGenerator
             LoadConnection.GreetingSeen? seen = null;
             for (int c = 0; c < candidates.Length && seen is null; c++)
             {
-                seen = await ConnectOneAsync(0, skip, false, candidates[c], countFailure: c == candidates.Length - 1).ConfigureAwait(false);
+                seen = await ConnectOneAsync(0, skip, expectGreeting: false, candidates[c], countFailure: c == candidates.Length - 1).ConfigureAwait(false);
                 if (seen is not null)
                 {
                     endPoint = candidates[c];
