@@ -137,7 +137,7 @@ internal static class BenchCommand
 
         if (json)
         {
-            Console.Out.WriteLine(ToJson(result));
+            Print(ToJson(result));
         }
         else
         {
@@ -205,10 +205,17 @@ internal static class BenchCommand
     {
         var culture = CultureInfo.InvariantCulture;
         string target = options.UnixPath is { } path ? "unix:" + path : $"{options.Host}:{options.Port}";
-        Console.Out.WriteLine(string.Create(culture, $"{target}  {r.Connections} connections, {r.MessageSize} B messages, depth {r.Depth}, {(options.Rate is { } rate ? $"open loop at {rate:0} msgs/s" : "closed loop")}, {r.Seconds:0.0} s measured"));
-        Console.Out.WriteLine(string.Create(culture, $"  throughput  {r.MessagesPerSecond,12:N0} msgs/s  {r.MegabytesPerSecond,10:0.00} MB/s"));
-        Console.Out.WriteLine(string.Create(culture, $"  latency     p50 {r.P50Us:0.0} us  p90 {r.P90Us:0.0} us  p99 {r.P99Us:0.0} us  p99.9 {r.P999Us:0.0} us  max {r.MaxUs:0.0} us"));
-        Console.Out.WriteLine(string.Create(culture, $"  messages    {r.Messages:N0}   errors {r.Errors}   mismatches {r.Mismatches}   connect failures {r.ConnectFailures}"));
+        Print(string.Create(culture, $"{target}  {r.Connections} connections, {r.MessageSize} B messages, depth {r.Depth}, {(options.Rate is { } rate ? $"open loop at {rate:0} msgs/s" : "closed loop")}, {r.Seconds:0.0} s measured"));
+        Print(string.Create(culture, $"  throughput  {r.MessagesPerSecond,12:N0} msgs/s  {r.MegabytesPerSecond,10:0.00} MB/s"));
+        Print(string.Create(culture, $"  latency     p50 {r.P50Us:0.0} us  p90 {r.P90Us:0.0} us  p99 {r.P99Us:0.0} us  p99.9 {r.P999Us:0.0} us  max {r.MaxUs:0.0} us"));
+        Print(string.Create(culture, $"  messages    {r.Messages:N0}   errors {r.Errors}   mismatches {r.Mismatches}   connect failures {r.ConnectFailures}"));
+    }
+
+    /// <summary>A line of the report on stdout; a stdout that is closed or fails is one warning, and the exit code still tells.</summary>
+    private static void Print(string line)
+    {
+        StandardStreams.Output.WarnIfClosed("the report is not printed");
+        StandardStreams.Output.Write(System.Text.Encoding.UTF8.GetBytes(line + "\n"));
     }
 
     internal static string ToJson(BenchResult r)

@@ -187,7 +187,8 @@ internal static class ConnectCommand
             socket.Shutdown(SocketShutdown.Send);
         }
 
-        using var stdout = Console.OpenStandardOutput();
+        var stdout = StandardStreams.Output;
+        stdout.WarnIfClosed("received bytes are not printed");
         var buffer = new byte[64 * 1024];
         long total = 0;
         string ending = "no data for " + Durations.Format(settings.Wait);
@@ -209,8 +210,7 @@ internal static class ConnectCommand
             }
 
             int toPrint = settings.Expect is { } e ? (int)Math.Min(received, e - total) : received;
-            stdout.Write(buffer, 0, toPrint);
-            stdout.Flush();
+            stdout.Write(buffer.AsSpan(0, toPrint));
             total += received;
         }
 

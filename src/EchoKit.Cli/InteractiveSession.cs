@@ -30,7 +30,7 @@ internal static class InteractiveSession
 
     private static async Task PumpStdinAsync(Socket socket, TimeSpan? sendTimeout)
     {
-        using var stdin = Console.OpenStandardInput();
+        using var stdin = StandardStreams.OpenInput();
         var buffer = new byte[16 * 1024];
         int read;
         while ((read = stdin.Read(buffer, 0, buffer.Length)) > 0)
@@ -43,13 +43,13 @@ internal static class InteractiveSession
 
     private static async Task PumpToStdoutAsync(Socket socket, TimeSpan? recvTimeout)
     {
-        using var stdout = Console.OpenStandardOutput();
+        var stdout = StandardStreams.Output;
+        stdout.WarnIfClosed("received bytes are not printed");
         var buffer = new byte[64 * 1024];
         int received;
         while ((received = await TimedTransfer.ReceiveAsync(socket, buffer, recvTimeout, throwOnTimeout: true).ConfigureAwait(false)) > 0)
         {
-            stdout.Write(buffer, 0, received);
-            stdout.Flush();
+            stdout.Write(buffer.AsSpan(0, received));
         }
     }
 }

@@ -64,6 +64,7 @@ internal static class ServeCommand
         var udpLowPorts = new Option<bool>("--udp-allow-low-ports") { Description = "Answer UDP datagrams from source ports below 1024 (off: reflection-loop risk, CVE-2024-2169)" };
         var noGreeting = new Option<bool>("--no-greeting") { Description = "Do not send the three greeting lines (plain RFC 862 echo)" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Do not write received bytes to stdout" };
+        var tag = new Option<bool>("--tag") { Description = "Prefix each line written to stdout with its connection's id, as [3] (0: a datagram)" };
         var maxConnections = new Option<int>("--max-connections")
         {
             Description = "Connections served at once; one more gets 'server busy: N connections' and is closed (0: unlimited)",
@@ -86,7 +87,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, unix, unixMode, noGreeting, quiet, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, engine, loops, busyPoll.Option,
+            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, engine, loops, busyPoll.Option,
         };
 
         command.SetAction(async (result, _) =>
@@ -167,29 +168,51 @@ internal static class ServeCommand
                 EngineLoops = result.GetValue(loops),
                 BusyPoll = busyPoll.Get(result)!.Value,
             };
-            return await RunAsync(options, result.GetValue(quiet), result.GetValue(logLevel)).ConfigureAwait(false);
+            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel)).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, LogLevel level)
+    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level)
     {
         using var logger = new StderrLogger("echokit", level);
+        if (!quiet && !StandardStreams.OutputOpen)
+        {
+            logger.LogWarning("stdout is closed: received bytes are not printed (--quiet says so without this warning)");
+        }
 
-        StdoutPayloadSink? sink = quiet ? null : new StdoutPayloadSink(Console.OpenStandardOutput());
+        StdoutPayloadSink? sink = quiet || !StandardStreams.OutputOpen
+            ? null
+            : new StdoutPayloadSink(StandardStreams.Output, escapeControls: StandardStreams.OutputIsTerminal, tag);
         var server = new EchoServer(options, logger, sink);
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        int signals = 0;
 
         // We own SIGINT and SIGTERM (System.CommandLine's handler is off, see Program): the first one
-        // starts a graceful stop bounded by --shutdown-timeout; the process then exits 0.
+        // starts a graceful stop bounded by --shutdown-timeout, a second one ends the process at once;
+        // either way it exits 0. SIGHUP, which would kill the process (and leave a socket file behind), is
+        // logged and ignored until there is a configuration to reload.
         void OnSignal(PosixSignalContext context)
         {
             context.Cancel = true;
-            stop.TrySetResult();
+            if (Interlocked.Increment(ref signals) == 1)
+            {
+                stop.TrySetResult();
+                return;
+            }
+
+            logger.LogWarning("{Signal} again during the graceful stop: exiting now without waiting for the connections", SignalName(context.Signal));
+            logger.Flush();
+            Environment.Exit(ExitCodes.Ok);
         }
 
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var sighup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, context =>
+        {
+            context.Cancel = true;
+            logger.LogWarning("SIGHUP received: there is no configuration to reload; serving on");
+        });
         try
         {
             server.Start();
@@ -198,21 +221,40 @@ internal static class ServeCommand
         {
             if (sink is not null)
             {
-                await sink.DisposeAsync().ConfigureAwait(false);
+                await sink.DisposeAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
             }
 
             return Program.Fail(ExitCodes.CannotListen, e.Message + Hint(e));
         }
 
+        if (!logger.IsEnabled(LogLevel.Information) && level != LogLevel.None)
+        {
+            // Where it listens is the one thing a user must see, whatever the level (the port may be the OS's choice).
+            foreach (string where in server.ListeningOn)
+            {
+                logger.WriteAnyway(LogLevel.Information, 1, $"listening on {where}");
+            }
+        }
+
         await stop.Task.ConfigureAwait(false);
+        long stopStarted = Environment.TickCount64;
         await server.StopAsync().ConfigureAwait(false);
         if (sink is not null)
         {
-            await sink.DisposeAsync().ConfigureAwait(false);
+            // The rest of the shutdown timeout, at least a moment: the drain keeps its deadline even when stdout stalls.
+            long left = (long)options.ShutdownTimeout.TotalMilliseconds - (Environment.TickCount64 - stopStarted);
+            await sink.DisposeAsync(TimeSpan.FromMilliseconds(Math.Max(left, 200))).ConfigureAwait(false);
         }
 
         return ExitCodes.Ok;
     }
+
+    private static string SignalName(PosixSignal signal) => signal switch
+    {
+        PosixSignal.SIGINT => "SIGINT (Ctrl+C)",
+        PosixSignal.SIGTERM => "SIGTERM",
+        _ => signal.ToString(),
+    };
 
     private static string Hint(ListenFailedException e) => e.SocketError switch
     {

@@ -21,7 +21,7 @@ internal sealed class StderrLogger : ILogger, IDisposable
 
     private readonly string _category;
     private readonly LogLevel _minimum;
-    private readonly Stream _stderr = Console.OpenStandardError();
+    private readonly Stream _stderr = StandardStreams.ErrorOpen ? Console.OpenStandardError() : Stream.Null;
     private readonly bool _colors = !Console.IsErrorRedirected && Environment.GetEnvironmentVariable("NO_COLOR") is null;
     private readonly System.Threading.Channels.Channel<byte[]> _queue =
         System.Threading.Channels.Channel.CreateBounded<byte[]>(new System.Threading.Channels.BoundedChannelOptions(QueueLines)
@@ -48,11 +48,17 @@ internal sealed class StderrLogger : ILogger, IDisposable
 
     public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
     {
-        if (!IsEnabled(logLevel))
+        if (IsEnabled(logLevel))
         {
-            return;
+            Write(logLevel, eventId, formatter(state, exception), exception);
         }
+    }
 
+    /// <summary>A line written whatever the level (where the server listens, below --log-level Warning).</summary>
+    public void WriteAnyway(LogLevel logLevel, int eventId, string message) => Write(logLevel, eventId, message, null);
+
+    private void Write(LogLevel logLevel, EventId eventId, string message, Exception? exception)
+    {
         var line = new StringBuilder(128)
             .Append(DateTime.Now.ToString("HH:mm:ss.fff ", System.Globalization.CultureInfo.InvariantCulture));
         string level = logLevel switch
@@ -80,7 +86,7 @@ internal sealed class StderrLogger : ILogger, IDisposable
             line.Append(level);
         }
 
-        line.Append(": ").Append(_category).Append('[').Append(eventId.Id).Append("] ").Append(formatter(state, exception));
+        line.Append(": ").Append(_category).Append('[').Append(eventId.Id).Append("] ").Append(message);
         if (exception is not null)
         {
             line.Append(" (").Append(exception.Message).Append(')');
@@ -109,9 +115,9 @@ internal sealed class StderrLogger : ILogger, IDisposable
 
                     _stderr.Write(line);
                 }
-                catch (IOException)
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException)
                 {
-                    // stderr is gone: nothing to tell, and no reason to stop serving.
+                    // stderr is gone (a closed pipe, EBADF, EIO): nothing to tell, and no reason to stop serving.
                 }
             }
         }

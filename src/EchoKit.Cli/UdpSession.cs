@@ -54,7 +54,8 @@ internal static class UdpSession
         Console.Error.WriteLine($"echokit: sending datagrams to {target}");
 
         long sent = 0, received = 0;
-        using var stdout = Console.OpenStandardOutput();
+        var stdout = StandardStreams.Output;
+        stdout.WarnIfClosed("replies are not printed");
         var buffer = new byte[65_536];
         long lastSendTicks = Environment.TickCount64;
         bool inputDone = false;
@@ -63,7 +64,7 @@ internal static class UdpSession
         {
             try
             {
-                foreach (var datagram in payload is not null ? [payload] : ReadLines(new BufferedStream(Console.OpenStandardInput())))
+                foreach (var datagram in payload is not null ? [payload] : ReadLines(new BufferedStream(StandardStreams.OpenInput())))
                 {
                     await socket.SendAsync(datagram, SocketFlags.None).ConfigureAwait(false);
                     Interlocked.Increment(ref sent);
@@ -91,8 +92,7 @@ internal static class UdpSession
                 int n = await TimedTransfer.ReceiveAsync(socket, buffer, TimeSpan.FromMilliseconds(Math.Clamp(left, 10, 200)), throwOnTimeout: false).ConfigureAwait(false);
                 if (n >= 0)
                 {
-                    stdout.Write(buffer, 0, n);
-                    stdout.Flush();
+                    stdout.Write(buffer.AsSpan(0, n));
                     Interlocked.Increment(ref received);
                 }
             }

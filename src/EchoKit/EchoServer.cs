@@ -54,6 +54,17 @@ public sealed partial class EchoServer : IAsyncDisposable
     public IReadOnlyList<IPEndPoint> LocalEndPoints =>
         _listeners.Select(l => l.LocalEndPoint).Concat(_datagramServices.Select(d => d.LocalEndPoint)).OfType<IPEndPoint>().ToArray();
 
+    /// <summary>Where the server listens, as its "listening on" log lines say it (also for Unix sockets).</summary>
+    public IReadOnlyList<string> ListeningOn => _listeningOn;
+
+    private readonly List<string> _listeningOn = [];
+
+    private void ReportListening(string where)
+    {
+        _listeningOn.Add(where);
+        Log.Listening(_logger, where);
+    }
+
     /// <summary>Connections open right now.</summary>
     public int ActiveConnections => Volatile.Read(ref _activeCount);
 
@@ -127,7 +138,7 @@ public sealed partial class EchoServer : IAsyncDisposable
         foreach (var datagrams in _datagramServices)
         {
             bool dualStack = datagrams.LocalEndPoint is IPEndPoint ip && ip.Address.Equals(IPAddress.IPv6Any) && Options.Family is null;
-            Log.Listening(_logger, datagrams.UnixPath is not null
+            ReportListening(datagrams.UnixPath is not null
                 ? EndPointText.Format(datagrams.LocalEndPoint) + " (datagram)"
                 : "udp " + EndPointText.Format(datagrams.LocalEndPoint) + (dualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
         }
@@ -138,7 +149,7 @@ public sealed partial class EchoServer : IAsyncDisposable
 
         foreach (var listener in _listeners)
         {
-            Log.Listening(_logger, EndPointText.Format(listener.LocalEndPoint) + (listener.IsDualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
+            ReportListening(EndPointText.Format(listener.LocalEndPoint) + (listener.IsDualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
         }
 
         if (UsesEpoll)

@@ -31,6 +31,7 @@ internal sealed class EchoConnection
     private volatile bool _waiting;
     private long _lastReceiveTicks = MonotonicClock.Milliseconds;
     private long _sendStartedTicks;
+    private TaskCompletionSource? _aborted; // made when the connection first waits for the payload sink
 
     public EchoConnection(long id, Socket socket, EchoServer server)
     {
@@ -164,7 +165,11 @@ internal sealed class EchoConnection
 
                     if (_server.PayloadSink is { } sink)
                     {
-                        await sink.WriteAsync(Id, payload).ConfigureAwait(false);
+                        var written = sink.WriteAsync(Id, payload);
+                        if (!written.IsCompletedSuccessfully && !await WaitForSinkAsync(written).ConfigureAwait(false))
+                        {
+                            return false;
+                        }
                     }
                 }
                 while (received == bufferSize);
@@ -174,6 +179,22 @@ internal sealed class EchoConnection
                 pool.Return(buffer);
             }
         }
+    }
+
+    /// <summary>
+    /// The sink is full (a slow stdout): wait for room, but not past an abort (the shutdown timeout), which
+    /// a stdout that never moves again would otherwise outlast. False when aborted.
+    /// </summary>
+    private async ValueTask<bool> WaitForSinkAsync(ValueTask written)
+    {
+        var aborted = LazyInitializer.EnsureInitialized(ref _aborted, () => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+        if (Reason != CloseReason.None)
+        {
+            return false;
+        }
+
+        var sink = written.AsTask();
+        return await Task.WhenAny(sink, aborted.Task).ConfigureAwait(false) == sink;
     }
 
     /// <summary>
@@ -235,6 +256,7 @@ internal sealed class EchoConnection
     public void Abort(CloseReason reason, bool reset)
     {
         TrySetReason(reason);
+        Volatile.Read(ref _aborted)?.TrySetResult();
 
         try
         {

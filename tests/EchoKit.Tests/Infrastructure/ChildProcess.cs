@@ -59,6 +59,14 @@ public sealed partial class ChildProcess : IAsyncDisposable
         return StartProgram(command[0], command[1..]);
     }
 
+    /// <summary>
+    /// Starts <c>echokit ARGS</c> through bash with <paramref name="redirections"/> applied to it, e.g. <c>&gt;&amp;-</c>
+    /// (stdout closed), <c>2&gt;&amp;-</c>, <c>&lt;&amp;-</c>, or <c>&gt; &gt;(head -c 1 &gt;/dev/null)</c> (a pipe whose reader goes away).
+    /// bash execs echokit, so <see cref="Pid"/> is echokit's.
+    /// </summary>
+    public static ChildProcess StartWithRedirections(string redirections, params string[] args) =>
+        StartProgram("bash", ["-c", $"exec \"$@\" {redirections}", "echokit", .. Echokit(args)]);
+
     /// <summary>Starts any program (nc, socat, python3 ...) by name or path.</summary>
     public static ChildProcess StartProgram(string file, params string[] args) => StartProgram(file, stdoutPaused: false, args);
 
@@ -272,8 +280,7 @@ public sealed partial class ChildProcess : IAsyncDisposable
         try
         {
             string line = await process.WaitForStderrAsync("listening on", TimeSpan.FromSeconds(20));
-            var match = PortPattern().Match(line);
-            return (process, int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+            return (process, PortOf(line));
         }
         catch
         {
@@ -281,6 +288,10 @@ public sealed partial class ChildProcess : IAsyncDisposable
             throw;
         }
     }
+
+    /// <summary>The port of a "listening on ADDRESS:PORT" line.</summary>
+    public static int PortOf(string listeningLine) =>
+        int.Parse(PortPattern().Match(listeningLine).Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
 
     [System.Text.RegularExpressions.GeneratedRegex(@"listening on .*:(\d+)")]
     private static partial System.Text.RegularExpressions.Regex PortPattern();
@@ -309,6 +320,9 @@ public sealed partial class ChildProcess : IAsyncDisposable
             throw new TimeoutException($"child process (pid {_process.Id}) did not exit within {deadline}; stderr:\n{StandardErrorText}");
         }
 
+        // The process is gone: what it left in a paused pipe can be read now.
+        ResumeStdout();
+        ResumeStderr();
         await Task.WhenAll(_stdoutPump, _stderrPump).WaitAsync(TimeSpan.FromSeconds(10));
         return _process.ExitCode;
     }

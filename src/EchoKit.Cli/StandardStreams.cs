@@ -1,0 +1,196 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace EchoKit.Cli;
+
+/// <summary>
+/// Standard input, output and error as the process really got them.
+///
+/// A program started with a standard descriptor closed (<c>echokit serve &gt;&amp;-</c>) does not keep that
+/// number free: the runtime's own next open takes it before Main runs (a pipe, /dev/urandom), and a
+/// "stdout" write then fails with EBADF (as UnauthorizedAccessException) or a "stdin" yields random bytes.
+/// What the runtime opens always has FD_CLOEXEC, and what a process inherits across exec never does, so a
+/// descriptor 0, 1 or 2 that is missing, close-on-exec, or open the wrong way is taken as closed: stdin
+/// then reads as EOF, and output to a closed stdout or stderr goes nowhere.
+///
+/// Output goes through <see cref="GuardedOutput"/>, which turns the first failure (EPIPE, EBADF, EIO …)
+/// into one warning and discards what follows, instead of the Console stream's silent drop of EPIPE.
+/// </summary>
+internal static class StandardStreams
+{
+    private const int F_GETFD = 1;
+    private const int F_GETFL = 3;
+    private const int FD_CLOEXEC = 1;
+    private const int O_ACCMODE = 3;
+    private const int O_RDONLY = 0;
+    private const int O_WRONLY = 1;
+    private const int O_RDWR = 2;
+
+    private static GuardedOutput? s_output;
+
+    public static bool InputOpen { get; private set; } = true;
+
+    public static bool OutputOpen { get; private set; } = true;
+
+    public static bool ErrorOpen { get; private set; } = true;
+
+    /// <summary>Whether stdout is a terminal (where a peer's control bytes must not reach it raw).</summary>
+    public static bool OutputIsTerminal => OutputOpen && !Console.IsOutputRedirected;
+
+    /// <summary>Looks at descriptors 0, 1 and 2; the first thing Main does.</summary>
+    public static void Inspect()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return;
+        }
+
+        InputOpen = Inherited(0, write: false);
+        OutputOpen = Inherited(1, write: true);
+        ErrorOpen = Inherited(2, write: true);
+        if (!InputOpen)
+        {
+            Console.SetIn(TextReader.Null);
+        }
+
+        if (!OutputOpen)
+        {
+            Console.SetOut(TextWriter.Null);
+        }
+
+        if (!ErrorOpen)
+        {
+            Console.SetError(TextWriter.Null);
+        }
+        else
+        {
+            // Console.Error drops EPIPE silently and throws on nothing else we care about; keep it, but never
+            // let a write to it throw (EBADF on a descriptor revoked under us, EIO on a hung-up terminal).
+            Console.SetError(TextWriter.Synchronized(new SafeWriter(Console.Error)));
+        }
+    }
+
+    /// <summary>stdin, or an empty stream (EOF at once) when the process got none.</summary>
+    public static Stream OpenInput() => InputOpen ? Console.OpenStandardInput() : Stream.Null;
+
+    /// <summary>
+    /// stdout for bytes (payload, received data): the one shared <see cref="GuardedOutput"/>, whose first
+    /// failure is one warning on stderr.
+    /// </summary>
+    public static GuardedOutput Output => s_output ??= new GuardedOutput(
+        OutputOpen ? new FileStream(new SafeFileHandle(1, ownsHandle: false), FileAccess.Write, bufferSize: 0) : null);
+
+    private static bool Inherited(int fd, bool write)
+    {
+        try
+        {
+            int fdFlags = Fcntl(fd, F_GETFD);
+            if (fdFlags < 0 || (fdFlags & FD_CLOEXEC) != 0)
+            {
+                return false; // closed, or the runtime's own descriptor
+            }
+
+            int mode = Fcntl(fd, F_GETFL) & O_ACCMODE;
+            return mode == O_RDWR || mode == (write ? O_WRONLY : O_RDONLY);
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return true;
+        }
+    }
+
+    [DllImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    private static extern int Fcntl(int fd, int command);
+
+    /// <summary>A TextWriter that never throws: stderr failing is no reason for anything else to fail.</summary>
+    private sealed class SafeWriter(TextWriter inner) : TextWriter
+    {
+        public override System.Text.Encoding Encoding => inner.Encoding;
+
+        public override void Write(char value) => Try(() => inner.Write(value));
+
+        public override void Write(string? value) => Try(() => inner.Write(value));
+
+        public override void WriteLine(string? value) => Try(() => inner.WriteLine(value));
+
+        public override void Flush() => Try(inner.Flush);
+
+        private static void Try(Action write)
+        {
+            try
+            {
+                write();
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException)
+            {
+                // stderr is gone: nothing to tell, nowhere to tell it.
+            }
+        }
+    }
+}
+
+/// <summary>
+/// stdout for bytes: writes go straight to descriptor 1; the first failure (a closed pipe, EBADF, EIO) is
+/// one warning on stderr, and from then on everything is discarded: a program whose output went away
+/// goes on doing its work (the server goes on echoing).
+/// </summary>
+internal sealed class GuardedOutput(Stream? stdout)
+{
+    private readonly Lock _gate = new();
+    private volatile bool _broken = stdout is null;
+
+    /// <summary>False once stdout has failed (or was closed from the start): output is discarded.</summary>
+    public bool Working => !_broken;
+
+    /// <summary>Writes all of <paramref name="bytes"/>, or nothing once stdout has failed.</summary>
+    public void Write(ReadOnlySpan<byte> bytes)
+    {
+        if (_broken)
+        {
+            return;
+        }
+
+        try
+        {
+            stdout!.Write(bytes);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException or NotSupportedException)
+        {
+            Fail(e);
+        }
+    }
+
+    /// <summary>Warns, once, that stdout was closed from the start (when something would have been printed there).</summary>
+    public void WarnIfClosed(string what)
+    {
+        if (stdout is null && !_warnedClosed)
+        {
+            _warnedClosed = true;
+            Console.Error.WriteLine($"echokit: stdout is closed: {what}");
+        }
+    }
+
+    private bool _warnedClosed;
+
+    private void Fail(Exception e)
+    {
+        lock (_gate)
+        {
+            if (_broken)
+            {
+                return;
+            }
+
+            _broken = true;
+        }
+
+        string why = e switch
+        {
+            UnauthorizedAccessException => "Bad file descriptor (EBADF)",
+            IOException { HResult: 32 } => "Broken pipe (EPIPE): the reader has gone",
+            IOException { HResult: 5 } => "Input/output error (EIO)",
+            _ => e.Message,
+        };
+        Console.Error.WriteLine($"echokit: stdout failed ({why}); no longer printing received bytes");
+    }
+}
