@@ -75,7 +75,7 @@ public sealed partial class EchoServer
         }
 
         _heartbeat?.Dispose();
-        Log.Stopped(_logger, GC.GetTotalAllocatedBytes(precise: true));
+        ReportStopped();
     }
 
     /// <summary>The epoll engine's graceful stop: the loops stop accepting, drain, and exit.</summary>
@@ -101,7 +101,21 @@ public sealed partial class EchoServer
         }
 
         await Task.WhenAll(loops.Select(l => l.Exited)).ConfigureAwait(false);
-        Log.Stopped(_logger, GC.GetTotalAllocatedBytes(precise: true));
+        ReportStopped();
+    }
+
+    /// <summary>The "stopped" line, after every "closed" line (which may wait for the payload sink).</summary>
+    private void ReportStopped()
+    {
+        long allocated = GC.GetTotalAllocatedBytes(precise: true);
+        if (PayloadSink is { } sink)
+        {
+            sink.AfterWritten(() => Log.Stopped(_logger, allocated));
+        }
+        else
+        {
+            Log.Stopped(_logger, allocated);
+        }
     }
 
     public async ValueTask DisposeAsync()

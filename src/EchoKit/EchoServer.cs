@@ -214,9 +214,23 @@ public sealed partial class EchoServer : IAsyncDisposable
     internal void ReportClosed(ClosedConnection closed)
     {
         Interlocked.Decrement(ref _activeCount);
+        if (PayloadSink is { } sink && _logger.IsEnabled(LogLevel.Information))
+        {
+            // After the connection's bytes are out: on one terminal, no payload line follows its "closed" line.
+            sink.AfterWritten(() => LogClosed(closed));
+        }
+        else
+        {
+            LogClosed(closed);
+        }
+
+        ConnectionClosed?.Invoke(closed);
+    }
+
+    private void LogClosed(ClosedConnection closed)
+    {
         Log.Closed(_logger, closed.Id, EndPointText.Format(closed.Peer), Log.ReasonText(closed.Reason, closed.Error),
             closed.BytesIn, closed.BytesOut, (long)closed.Duration.TotalMilliseconds);
-        ConnectionClosed?.Invoke(closed);
     }
 
     private void OnAccepted(Socket socket)

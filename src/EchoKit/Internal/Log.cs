@@ -21,11 +21,18 @@ internal static partial class Log
     [LoggerMessage(5, LogLevel.Warning, "accept failed: {Error}; retrying in {DelayMs} ms ({Suppressed} similar errors not logged)")]
     public static partial void AcceptFailed(ILogger logger, string error, long delayMs, long suppressed);
 
-    [LoggerMessage(6, LogLevel.Information, "shutting down: stopped accepting, draining {Count} connections (timeout {TimeoutMs} ms)")]
-    public static partial void ShuttingDown(ILogger logger, int count, long timeoutMs);
+    [LoggerMessage(6, LogLevel.Information, "shutting down: stopped accepting, draining {Connections} (timeout {TimeoutMs} ms)")]
+    private static partial void ShuttingDown(ILogger logger, string connections, long timeoutMs);
 
-    [LoggerMessage(7, LogLevel.Warning, "shutdown timeout: aborting {Count} connections")]
-    public static partial void AbortingAtShutdown(ILogger logger, int count);
+    public static void ShuttingDown(ILogger logger, int count, long timeoutMs) => ShuttingDown(logger, Count(count, "connection"), timeoutMs);
+
+    [LoggerMessage(7, LogLevel.Warning, "shutdown timeout: aborting {Connections}")]
+    private static partial void AbortingAtShutdown(ILogger logger, string connections);
+
+    public static void AbortingAtShutdown(ILogger logger, int count) => AbortingAtShutdown(logger, Count(count, "connection"));
+
+    /// <summary>"1 connection", "2 connections", "0 connections".</summary>
+    public static string Count(long count, string noun) => count == 1 ? $"1 {noun}" : $"{count} {noun}s";
 
     [LoggerMessage(9, LogLevel.Warning, "the descriptor limit allows {Limit} connections (--max-connections is {Configured}); more get 'server busy'")]
     public static partial void DescriptorLimited(ILogger logger, int limit, string configured);
