@@ -47,6 +47,11 @@ internal static class BenchCommand
         command.SetAction(async (result, cancellationToken) =>
         {
             string? unixPath = result.GetValue(unix);
+            if (CliOptions.CheckUnixPath(unixPath) is { } unixError)
+            {
+                return Program.FailUsage("bench", unixError);
+            }
+
             string? targetText = result.GetValue(target);
             if ((unixPath is null) == (targetText is null))
             {

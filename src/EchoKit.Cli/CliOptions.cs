@@ -97,6 +97,23 @@ internal static class CliOptions
         return error is null;
     }
 
+    /// <summary>Linux's sun_path holds 108 bytes with the terminating NUL.</summary>
+    public const int MaxUnixPathBytes = 107;
+
+    /// <summary>Why a --unix path cannot be a socket address (empty, too long), or null.</summary>
+    public static string? CheckUnixPath(string? path)
+    {
+        if (path is null)
+        {
+            return null;
+        }
+
+        int bytes = System.Text.Encoding.UTF8.GetByteCount(path);
+        return bytes == 0 ? "invalid --unix value: empty path"
+            : bytes > MaxUnixPathBytes ? $"invalid --unix value: the path is {bytes} bytes, and a Unix socket path holds at most {MaxUnixPathBytes}: choose a shorter (or relative) path"
+            : null;
+    }
+
     /// <summary>Port numbers: 0 lets the OS pick (for serve); 1-65535 otherwise.</summary>
     public static bool TryParsePort(string text, int min, out int port) =>
         int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out port) && port >= min && port <= 65535;

@@ -44,6 +44,11 @@ internal static class ConnectCommand
         command.SetAction(async (result, cancellationToken) =>
         {
             string? unixPath = result.GetValue(unix);
+            if (CliOptions.CheckUnixPath(unixPath) is { } unixError)
+            {
+                return Program.FailUsage("connect", unixError);
+            }
+
             string? hostText = result.GetValue(host);
             if (unixPath is not null && hostText is not null)
             {

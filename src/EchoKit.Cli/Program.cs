@@ -26,6 +26,11 @@ namespace EchoKit.Cli
                 BenchCommand.Create(),
             };
 
+            if (CommandLineHabits.Check(root, args) is { } habit)
+            {
+                return Fail(ExitCodes.Usage, habit);
+            }
+
             var parsed = root.Parse(args);
             if (parsed.Errors.Count > 0)
             {

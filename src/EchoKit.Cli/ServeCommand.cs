@@ -79,6 +79,17 @@ internal static class ServeCommand
         {
             Description = "Least severe event written to stderr: Trace, Debug, Information, Warning, Error, Critical, None",
             DefaultValueFactory = _ => LogLevel.Information,
+            CustomParser = r =>
+            {
+                string text = r.Tokens[0].Value;
+                if (Enum.TryParse(text, ignoreCase: true, out LogLevel parsed) && Enum.IsDefined(parsed) && !int.TryParse(text, out _))
+                {
+                    return parsed;
+                }
+
+                r.AddError($"invalid --log-level value '{text}': expected one of Trace, Debug, Information, Warning, Error, Critical, None");
+                return LogLevel.Information;
+            },
         };
 
         var engine = CliOptions.Engine("Stream connections on our own epoll loops (Linux x86-64) or on .NET's Socket API; auto picks epoll where it runs");
@@ -100,9 +111,9 @@ internal static class ServeCommand
                 return Program.FailUsage("serve", "--unix and --bind cannot be combined: a server listens on one or the other");
             }
 
-            if (unixPath is { Length: 0 })
+            if (CliOptions.CheckUnixPath(unixPath) is { } unixError)
             {
-                return Program.FailUsage("serve", "invalid --unix value: empty path");
+                return Program.FailUsage("serve", unixError);
             }
 
             if (unixPath is not null && result.GetValue(udp) && result.GetValue(tcp))
@@ -249,6 +260,9 @@ internal static class ServeCommand
         return ExitCodes.Ok;
     }
 
+    private static string DirectoryOf(UnixDomainSocketEndPoint unix) =>
+        Path.GetDirectoryName(Path.GetFullPath(unix.ToString())) is { Length: > 0 } directory ? directory : "/";
+
     private static string SignalName(PosixSignal signal) => signal switch
     {
         PosixSignal.SIGINT => "SIGINT (Ctrl+C)",
@@ -258,6 +272,10 @@ internal static class ServeCommand
 
     private static string Hint(ListenFailedException e) => e.SocketError switch
     {
+        SocketError.AddressNotAvailable when e.EndPoint is UnixDomainSocketEndPoint unix =>
+            $"; the directory {DirectoryOf(unix)} does not exist: create it or choose another path",
+        SocketError.AccessDenied when e.EndPoint is UnixDomainSocketEndPoint unix =>
+            $"; this user may not create files in {DirectoryOf(unix)}: check its permissions or choose another path",
         SocketError.AddressAlreadyInUse when e.EndPoint is UnixDomainSocketEndPoint =>
             e.InnerException is IOException io ? $" ({io.Message})" : "; a server is listening on that socket file: stop it or choose another path",
         SocketError.AddressAlreadyInUse when e.EndPoint is IPEndPoint ip =>

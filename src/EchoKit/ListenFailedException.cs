@@ -7,12 +7,21 @@ namespace EchoKit;
 public sealed class ListenFailedException : Exception
 {
     public ListenFailedException(string operation, EndPoint endPoint, SocketError error, Exception? inner = null)
-        : base($"{operation} failed: {SocketErrorText.Describe(error)} on {EndPointText.Format(endPoint)}", inner)
+        : base($"{operation} failed: {Describe(endPoint, error)} on {EndPointText.Format(endPoint)}", inner)
     {
         Operation = operation;
         EndPoint = endPoint;
         SocketError = error;
     }
+
+    /// <summary>
+    /// The error in words. A Unix socket path whose directory does not exist fails with ENOENT, which .NET
+    /// reports as AddressNotAvailable: named as what it is, not as a missing IP address.
+    /// </summary>
+    private static string Describe(EndPoint endPoint, SocketError error) =>
+        endPoint is UnixDomainSocketEndPoint && error == SocketError.AddressNotAvailable
+            ? "No such file or directory (ENOENT)"
+            : SocketErrorText.Describe(error);
 
     /// <summary>"bind" or "listen".</summary>
     public string Operation { get; }

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
@@ -25,7 +24,8 @@ internal sealed class DatagramEchoService : IDisposable
     private readonly EchoServerOptions _options;
     private readonly ILogger _logger;
     private readonly IPayloadSink? _sink;
-    private readonly ConcurrentDictionary<IPAddress, TokenBucket> _buckets = new();
+    private readonly SourceRateTable? _rates;
+    private readonly OwnAddress _own;
     private readonly Task[] _loops;
     private readonly bool _isUnix;
     private readonly int _bufferSize;
@@ -34,8 +34,11 @@ internal sealed class DatagramEchoService : IDisposable
     private long _droppedRate;
     private long _droppedOversize;
     private long _droppedUnnamed;
+    private long _droppedSelf;
+    private long _droppedTooLarge;
     private long _lastWarningTicks = long.MinValue / 2;
     private volatile bool _closed;
+    private UnixSocketFile.Identity? _boundFile;
 
     private DatagramEchoService(Socket socket, EchoServerOptions options, ILogger logger, IPayloadSink? sink, string? unixPath = null)
     {
@@ -47,6 +50,21 @@ internal sealed class DatagramEchoService : IDisposable
         _isUnix = unixPath is not null;
         _bufferSize = options.MaxDatagramSize ?? (_isUnix ? LargestUnixDatagram() : MaxUdpDatagram);
         LocalEndPoint = socket.LocalEndPoint!;
+        _rates = !_isUnix && options.UdpRate > 0 ? new SourceRateTable(options.UdpRate) : null;
+        _own = new OwnAddress(LocalEndPoint);
+        if (_isUnix)
+        {
+            // A reply is as large as the datagram it answers: let the send buffer take the largest we accept
+            // (the kernel caps it at net.core.wmem_max; a reply over that is counted and logged, not lost silently).
+            try
+            {
+                socket.SendBufferSize = Math.Max(socket.SendBufferSize, _bufferSize + 4096);
+            }
+            catch (SocketException)
+            {
+            }
+        }
+
         socket.Blocking = false; // synchronous calls return EAGAIN instead of waiting; async ones are unaffected
         _loops = Enumerable.Range(0, Loops).Select(_ => Task.Run(ReceiveLoopAsync)).ToArray();
     }
@@ -73,7 +91,8 @@ internal sealed class DatagramEchoService : IDisposable
                 socket.DualMode = dualStack && address.Equals(IPAddress.IPv6Any);
             }
 
-            socket.SetRawSocketOption(SocketOptionLevels.SolSocket, SocketOptionLevels.SoReuseAddr, BitConverter.GetBytes(1));
+            // No SO_REUSEADDR (nor SO_REUSEPORT): on a UDP socket it would let any other socket that sets it, of
+            // any user, bind the same port and take a share of the datagrams. There is no TIME_WAIT to skip.
             socket.Bind(endPoint);
         }
         catch (SocketException e)
@@ -88,26 +107,17 @@ internal sealed class DatagramEchoService : IDisposable
     /// <summary>Serves a Unix datagram socket at <paramref name="path"/> (a stale file is replaced, a live one refused).</summary>
     public static DatagramEchoService OpenUnix(string path, EchoServerOptions options, ILogger logger, IPayloadSink? sink)
     {
-        UnixSocketFile.RemoveIfStale(path);
-        var endPoint = new UnixDomainSocketEndPoint(path);
         var socket = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
         try
         {
-            socket.Bind(endPoint);
-            UnixSocketFile.ApplyMode(path, options.UnixMode);
-        }
-        catch (SocketException e)
-        {
-            socket.Dispose();
-            throw new ListenFailedException("bind", endPoint, e.SocketErrorCode, e);
+            var bound = UnixSocketFile.Bind(socket, path, options.UnixMode);
+            return new DatagramEchoService(socket, options, logger, sink, path) { _boundFile = bound };
         }
         catch
         {
             socket.Dispose();
             throw;
         }
-
-        return new DatagramEchoService(socket, options, logger, sink, path);
     }
 
     /// <summary>
@@ -208,12 +218,19 @@ internal sealed class DatagramEchoService : IDisposable
                 return;
             }
 
-            if (_options.UdpRate > 0
-                && !_buckets.GetOrAdd(((IPEndPoint)LocalEndPoint.Create(from)).Address, _ => new TokenBucket(_options.UdpRate)).TryTake())
+            if (_rates is not null && !_rates.TryTake(from, MonotonicClock.Milliseconds))
             {
                 Dropped(ref _droppedRate);
                 return;
             }
+        }
+
+        if (_own.Is(from))
+        {
+            // Spoofed from our own address and port, or a Unix sender whose name is now a link to our socket:
+            // answering would send it to ourselves, again and again.
+            Dropped(ref _droppedSelf);
+            return;
         }
 
         // Non-blocking: a full send buffer drops the reply, which UDP allows, rather than stalling the loop.
@@ -221,6 +238,11 @@ internal sealed class DatagramEchoService : IDisposable
         {
             _socket.SendTo(buffer.AsSpan(0, received), SocketFlags.None, from);
             Interlocked.Increment(ref _echoed);
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.MessageSize)
+        {
+            Dropped(ref _droppedTooLarge); // larger than our send buffer can ever hold
+            return;
         }
         catch (SocketException)
         {
@@ -258,6 +280,11 @@ internal sealed class DatagramEchoService : IDisposable
         }
 
         parts.Add($"{Interlocked.Read(ref _droppedOversize)} dropped as larger than {_bufferSize} bytes");
+        parts.Add($"{Interlocked.Read(ref _droppedSelf)} dropped as sent from the server's own address");
+        if (_isUnix)
+        {
+            parts.Add($"{Interlocked.Read(ref _droppedTooLarge)} replies dropped as larger than the send buffer (EMSGSIZE; raise net.core.wmem_max)");
+        }
         return string.Join(", ", parts);
     }
 
@@ -268,34 +295,9 @@ internal sealed class DatagramEchoService : IDisposable
         Task.WaitAll(_loops, TimeSpan.FromSeconds(5));
         if (UnixPath is not null)
         {
-            UnixSocketFile.Remove(UnixPath);
+            UnixSocketFile.Remove(UnixPath, _boundFile);
         }
 
         Log.DatagramSummary(_logger, Transport, Echoed, DropCounts());
-    }
-
-    /// <summary>Datagrams per second per source address, with a burst of one second's worth.</summary>
-    private sealed class TokenBucket(int perSecond)
-    {
-        private readonly object _gate = new();
-        private double _tokens = perSecond;
-        private long _lastTicks = MonotonicClock.Milliseconds;
-
-        public bool TryTake()
-        {
-            lock (_gate)
-            {
-                long now = MonotonicClock.Milliseconds;
-                _tokens = Math.Min(perSecond, _tokens + (now - _lastTicks) * perSecond / 1000.0);
-                _lastTicks = now;
-                if (_tokens < 1)
-                {
-                    return false;
-                }
-
-                _tokens -= 1;
-                return true;
-            }
-        }
     }
 }

@@ -32,6 +32,8 @@ internal sealed class StreamListener : IDisposable
     /// <summary>The socket file this listener created and removes when it closes; null for TCP.</summary>
     public string? UnixPath { get; private set; }
 
+    private UnixSocketFile.Identity? _boundFile;
+
     public bool IsDualStack { get; private set; }
 
     /// <summary>Binds and listens; throws <see cref="ListenFailedException"/> with the one-line reason.</summary>
@@ -55,7 +57,7 @@ internal sealed class StreamListener : IDisposable
             // SO_REUSEADDR alone, set directly: .NET's ReuseAddress option also sets SO_REUSEPORT on
             // Linux, which would let a second server bind the same port silently (dotnet/corefx#24562).
             socket.SetRawSocketOption(SocketOptionLevels.SolSocket, SocketOptionLevels.SoReuseAddr, BitConverter.GetBytes(1));
-        }, afterBind: null, logger);
+        }, bind: null, logger);
         listener.IsDualStack = dualStack;
         return listener;
     }
@@ -66,22 +68,30 @@ internal sealed class StreamListener : IDisposable
     /// </summary>
     public static StreamListener OpenUnix(string path, int backlog, UnixFileMode? mode, ILogger logger)
     {
-        UnixSocketFile.RemoveIfStale(path);
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        UnixSocketFile.Identity? bound = null;
         var listener = BindAndListen(socket, new UnixDomainSocketEndPoint(path), backlog, beforeBind: null,
-            afterBind: () => UnixSocketFile.ApplyMode(path, mode), logger);
+            bind: () => bound = UnixSocketFile.Bind(socket, path, mode), logger);
         listener.UnixPath = path;
+        listener._boundFile = bound;
         return listener;
     }
 
     /// <summary>Bind and listen, each failure as the one-line <see cref="ListenFailedException"/>; the socket is closed on failure.</summary>
-    private static StreamListener BindAndListen(Socket socket, EndPoint endPoint, int backlog, Action? beforeBind, Action? afterBind, ILogger logger)
+    private static StreamListener BindAndListen(Socket socket, EndPoint endPoint, int backlog, Action? beforeBind, Action? bind, ILogger logger)
     {
         try
         {
             beforeBind?.Invoke();
-            Bind(socket, endPoint);
-            afterBind?.Invoke();
+            if (bind is not null)
+            {
+                bind();
+            }
+            else
+            {
+                Bind(socket, endPoint);
+            }
+
             try
             {
                 socket.Listen(backlog);
@@ -198,7 +208,7 @@ internal sealed class StreamListener : IDisposable
         _socket.Dispose();
         if (UnixPath is not null)
         {
-            UnixSocketFile.Remove(UnixPath);
+            UnixSocketFile.Remove(UnixPath, _boundFile);
         }
     }
 }
