@@ -35,6 +35,7 @@ internal static partial class UnixSocketFile
     public static Identity? Bind(Socket socket, string path, UnixFileMode? mode)
     {
         var endPoint = new UnixDomainSocketEndPoint(path);
+        var bindTo = new UnownedFileEndPoint(endPoint);
         using var directoryLock = LockDirectory(path, endPoint);
         RemoveIfStale(path, endPoint);
         try
@@ -47,7 +48,7 @@ internal static partial class UnixSocketFile
                     int previous = Umask(~(int)permissions & 0x1FF);
                     try
                     {
-                        socket.Bind(endPoint);
+                        socket.Bind(bindTo);
                     }
                     finally
                     {
@@ -57,7 +58,7 @@ internal static partial class UnixSocketFile
             }
             else
             {
-                socket.Bind(endPoint);
+                socket.Bind(bindTo);
             }
         }
         catch (SocketException e)
@@ -131,6 +132,23 @@ internal static partial class UnixSocketFile
         }
 
         throw new ListenFailedException("bind", endPoint, SocketError.AddressAlreadyInUse); // a live server owns it
+    }
+
+    /// <summary>
+    /// The socket file's address, bound so that .NET does not own the file: bound with a
+    /// <see cref="UnixDomainSocketEndPoint"/>, a Socket deletes whatever is at the path when it is disposed
+    /// (BoundFileName), even a file someone put there since. Removal is ours (<see cref="Remove"/>), by identity.
+    /// Everything else (the sockaddr, the peers' addresses) is the plain endpoint's.
+    /// </summary>
+    private sealed class UnownedFileEndPoint(UnixDomainSocketEndPoint inner) : System.Net.EndPoint
+    {
+        public override AddressFamily AddressFamily => AddressFamily.Unix;
+
+        public override System.Net.SocketAddress Serialize() => inner.Serialize();
+
+        public override System.Net.EndPoint Create(System.Net.SocketAddress socketAddress) => inner.Create(socketAddress);
+
+        public override string ToString() => inner.ToString();
     }
 
     /// <summary>flock(2) on the socket's directory for the probe-remove-bind sequence; null where there is none to take.</summary>
