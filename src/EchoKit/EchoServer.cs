@@ -250,6 +250,7 @@ public sealed partial class EchoServer : IAsyncDisposable
             if (socket.ProtocolType == ProtocolType.Tcp)
             {
                 socket.NoDelay = Options.NoDelay;
+                socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.OutOfBandInline, true); // urgent bytes echoed in place
             }
         }
         catch (SocketException)

@@ -2,7 +2,7 @@ namespace EchoKit.Internal;
 
 /// <summary>
 /// One timer for all connections (as Kestrel's heartbeat): each tick it closes connections that
-/// received nothing for the idle timeout, and resets those whose pending send has not completed
+/// moved no bytes either way for the idle timeout, and resets those whose pending send has not completed
 /// within the send timeout. This keeps timers and cancellation tokens off the per-message path.
 /// </summary>
 internal sealed class ConnectionHeartbeat : IDisposable
@@ -53,7 +53,7 @@ internal sealed class ConnectionHeartbeat : IDisposable
             {
                 connection.Abort(CloseReason.SendTimeout, reset: true);
             }
-            else if (_idleMs > 0 && now - connection.LastReceiveTicks >= _idleMs)
+            else if (_idleMs > 0 && connection.IsIdle(now, _idleMs))
             {
                 connection.Abort(CloseReason.IdleTimeout, reset: false);
             }

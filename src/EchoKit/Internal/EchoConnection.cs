@@ -31,6 +31,9 @@ internal sealed class EchoConnection
     private volatile bool _waiting;
     private long _lastReceiveTicks = MonotonicClock.Milliseconds;
     private long _sendStartedTicks;
+    private long _lastSendProgressTicks;
+    private volatile bool _sinkWaiting;
+    private int _lastUnsent; // the heartbeat's alone
     private TaskCompletionSource? _aborted; // made when the connection first waits for the payload sink
 
     public EchoConnection(long id, Socket socket, EchoServer server)
@@ -55,6 +58,44 @@ internal sealed class EchoConnection
 
     /// <summary>MonotonicClock.Milliseconds of the last byte received (or of the accept).</summary>
     public long LastReceiveTicks => Volatile.Read(ref _lastReceiveTicks);
+
+    /// <summary>
+    /// Idle means no bytes moving either way for <paramref name="idleMs"/>: not while a send waits for a slow
+    /// reader or the payload waits for stdout (backpressure, which the send timeout watches), and not while bytes
+    /// wait in the kernel (after a stall the timer can run before the receive loop).
+    /// </summary>
+    public bool IsIdle(long nowTicks, long idleMs)
+    {
+        if (!_waiting || SendStartedTicks != 0 || _sinkWaiting
+            || nowTicks - Math.Max(LastReceiveTicks, Volatile.Read(ref _lastSendProgressTicks)) < idleMs)
+        {
+            return false; // busy: reading, echoing, or held up by backpressure
+        }
+
+        try
+        {
+            // Bytes waiting, or taken meanwhile by the receive loop, which stops waiting before it reads
+            // (this runs on the timer's thread: asked in this order, no bytes slip between the two checks).
+            if (_socket.Available > 0 || !_waiting)
+            {
+                return false;
+            }
+
+            // Our echo still leaving the kernel's send queue for a slow reader; unchanged since the last check: stopped.
+            int unsent = Epoll.Native.BytesUnsent((int)_socket.Handle);
+            if (unsent > 0 && unsent != _lastUnsent)
+            {
+                _lastUnsent = unsent;
+                return false;
+            }
+
+            return true;
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            return true; // ending anyway
+        }
+    }
 
     /// <summary>MonotonicClock.Milliseconds when the pending send started, 0 when none is pending.</summary>
     public long SendStartedTicks => Volatile.Read(ref _sendStartedTicks);
@@ -194,7 +235,15 @@ internal sealed class EchoConnection
         }
 
         var sink = written.AsTask();
-        return await Task.WhenAny(sink, aborted.Task).ConfigureAwait(false) == sink;
+        _sinkWaiting = true;
+        try
+        {
+            return await Task.WhenAny(sink, aborted.Task).ConfigureAwait(false) == sink;
+        }
+        finally
+        {
+            _sinkWaiting = false;
+        }
     }
 
     /// <summary>
@@ -212,6 +261,7 @@ internal sealed class EchoConnection
                 Volatile.Write(ref _sendStartedTicks, MonotonicClock.Milliseconds);
                 sent = await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
                 Volatile.Write(ref _sendStartedTicks, 0);
+                Volatile.Write(ref _lastSendProgressTicks, MonotonicClock.Milliseconds); // a slow reader took it: not idle
             }
             else if (error != SocketError.Success)
             {

@@ -46,6 +46,21 @@ public static class ProcStats
         return TimeSpan.FromSeconds(ticks / 100.0); // USER_HZ is 100 on Linux
     }
 
+    /// <summary>Whether every thread of the process is stopped (SIGSTOP delivered: state T in /proc/PID/task/*/stat).</summary>
+    public static bool IsStopped(int pid) =>
+        Directory.GetDirectories($"/proc/{pid}/task").All(task =>
+        {
+            try
+            {
+                string stat = File.ReadAllText(Path.Combine(task, "stat"));
+                return stat[stat.LastIndexOf(')') + 2] is 'T' or 't';
+            }
+            catch (IOException)
+            {
+                return true; // the thread has gone
+            }
+        });
+
     /// <summary>Polls until <paramref name="condition"/> holds, or fails at the deadline with <paramref name="describe"/>.</summary>
     public static async Task WaitUntilAsync(Func<bool> condition, TimeSpan deadline, Func<string> describe)
     {

@@ -31,6 +31,12 @@ internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? pe
     /// <summary>MonotonicClock.Milliseconds of the last byte received (or of the accept).</summary>
     public long LastReceiveTicks = nowTicks;
 
+    /// <summary>MonotonicClock.Milliseconds of the last progress of a send that had been held up (a slow reader).</summary>
+    public long LastSendProgressTicks;
+
+    /// <summary>The send queue's length (SIOCOUTQ) at the last idle check: a queue that shrinks is a peer still reading.</summary>
+    public int LastUnsent;
+
     /// <summary>MonotonicClock.Milliseconds when sending last made no progress; 0 while nothing is pending.</summary>
     public long SendBlockedTicks;
 
@@ -60,8 +66,11 @@ internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? pe
 
     public int PendingBytes => PendingLength - PendingOffset;
 
-    /// <summary>What a connection that is reading waits for: bytes or the peer's FIN, edge-triggered.</summary>
-    public const uint ReadEvents = Native.EPOLLIN | Native.EPOLLRDHUP | Native.EPOLLET;
+    /// <summary>
+    /// What a connection that is reading waits for: bytes, the peer's FIN, or TCP urgent data (EPOLLPRI: a
+    /// read stops short at the urgent mark, and that short read has not emptied the socket), edge-triggered.
+    /// </summary>
+    public const uint ReadEvents = Native.EPOLLIN | Native.EPOLLPRI | Native.EPOLLRDHUP | Native.EPOLLET;
 
     /// <summary>
     /// <see cref="ReadEvents"/> normally; EPOLLOUT alone (level-triggered) while bytes wait to be sent;

@@ -128,9 +128,14 @@ internal sealed unsafe partial class EpollLoop
                 return;
         }
 
-        if (tcp && _server.Options.NoDelay)
+        if (tcp)
         {
-            Native.SetNoDelay(fd);
+            if (_server.Options.NoDelay)
+            {
+                Native.SetNoDelay(fd);
+            }
+
+            Native.SetUrgentInline(fd);
         }
 
         if (fd >= _byFd.Length)

@@ -36,9 +36,14 @@ internal sealed unsafe partial class EpollLoop
                 }
                 else if (_sendMs > 0 && c.SendBlockedTicks != 0 && now - c.SendBlockedTicks >= _sendMs)
                 {
-                    Close(c, CloseReason.SendTimeout, Ending.Reset);
+                    // The peer may have read while this loop could not look (a stall, SIGSTOP): try once more.
+                    OnWritable(c);
+                    if (_byFd[fd] == c && c.SendBlockedTicks != 0 && now - c.SendBlockedTicks >= _sendMs)
+                    {
+                        Close(c, CloseReason.SendTimeout, Ending.Reset);
+                    }
                 }
-                else if (_idleMs > 0 && now - c.LastReceiveTicks >= _idleMs)
+                else if (_idleMs > 0 && IsIdle(c, now))
                 {
                     Close(c, CloseReason.IdleTimeout, Ending.ShutdownBoth);
                 }
@@ -67,6 +72,37 @@ internal sealed unsafe partial class EpollLoop
         }
 
         _nextTickTicks = next;
+    }
+
+    /// <summary>
+    /// Idle means no bytes moving either way for the idle timeout. A connection held up by backpressure (its
+    /// echo waiting for a slow reader, or stdout) is not idle: the send timeout watches it. Bytes waiting in
+    /// the kernel are activity too: after a stall (SIGSTOP, a long GC) the tick can come before the events
+    /// that would have read them; and so are our bytes leaving the kernel's send queue.
+    /// </summary>
+    private bool IsIdle(EpollConnection c, long now)
+    {
+        if (c.PendingBytes > 0 || c.SinkBlocked || now - Math.Max(c.LastReceiveTicks, c.LastSendProgressTicks) < _idleMs)
+        {
+            return false;
+        }
+
+        if (Native.BytesReadable(c.Fd) > 0)
+        {
+            c.LastReceiveTicks = now; // read on the next turn
+            return false;
+        }
+
+        // Our echo still draining from the kernel's send queue to a slow reader is bytes moving too; a queue
+        // that has not shrunk since the last check (a tick ago) is a peer that stopped reading.
+        int unsent = Native.BytesUnsent(c.Fd);
+        if (unsent > 0 && unsent != c.LastUnsent)
+        {
+            c.LastUnsent = unsent;
+            return false;
+        }
+
+        return true;
     }
 
     private enum Ending

@@ -12,11 +12,13 @@ internal sealed unsafe partial class EpollLoop
     /// a full read may have left bytes behind that nothing will announce, so read again, up to
     /// <see cref="ReadRounds"/> times, then re-arm the socket (EPOLL_CTL_MOD looks at it again) so that
     /// other connections get their turn; and when the event says the peer has shut down (RDHUP/HUP/ERR),
-    /// its FIN came with the bytes and a short read stops just before it: read on until recv says so.
+    /// its FIN came with the bytes and a short read stops just before it: read on until recv says so. The
+    /// same when TCP urgent data arrived (EPOLLPRI): a read stops at the urgent mark.
     /// </summary>
     private void OnReadable(EpollConnection c, uint events)
     {
-        bool toTheEnd = (events & (Native.EPOLLRDHUP | Native.EPOLLHUP | Native.EPOLLERR)) != 0;
+        // Urgent data (EPOLLPRI) makes a read stop short at its mark with bytes still queued: read on too.
+        bool toTheEnd = (events & (Native.EPOLLRDHUP | Native.EPOLLHUP | Native.EPOLLERR | Native.EPOLLPRI)) != 0;
         for (int round = 1; ; round++)
         {
             nint n = Native.Recv(c.Fd, _bufferPointer, (nuint)_buffer.Length, 0);
@@ -194,6 +196,7 @@ internal sealed unsafe partial class EpollLoop
         {
             c.PendingOffset += sent;
             c.SendBlockedTicks = _now; // progress: the send timeout counts from here
+            c.LastSendProgressTicks = _now; // and bytes moving to the peer are not idleness
         }
 
         if (c.PendingBytes > 0)

@@ -11,6 +11,7 @@ internal static unsafe partial class Native
     public const int EPOLL_CTL_DEL = 2;
     public const int EPOLL_CTL_MOD = 3;
     public const uint EPOLLIN = 0x001;
+    public const uint EPOLLPRI = 0x002;
     public const uint EPOLLOUT = 0x004;
     public const uint EPOLLERR = 0x008;
     public const uint EPOLLHUP = 0x010;
@@ -124,6 +125,27 @@ internal static unsafe partial class Native
     [LibraryImport("libc", EntryPoint = "setsockopt", SetLastError = true)]
     public static partial int SetSockOpt(int fd, int level, int name, void* value, uint length);
 
+    private const int FIONREAD = 0x541B;
+
+    [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    private static partial int Ioctl(int fd, nuint request, int* value);
+
+    private const int TIOCOUTQ = 0x5411;
+
+    /// <summary>Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ); 0 when it cannot tell.</summary>
+    public static int BytesUnsent(int fd)
+    {
+        int count = 0;
+        return IsSupported && Ioctl(fd, TIOCOUTQ, &count) == 0 ? count : 0;
+    }
+
+    /// <summary>Bytes waiting to be read (FIONREAD); 0 when it cannot tell.</summary>
+    public static int BytesReadable(int fd)
+    {
+        int count = 0;
+        return Ioctl(fd, FIONREAD, &count) == 0 ? count : 0;
+    }
+
     [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]
     public static partial int EventFd(uint initial, int flags);
 
@@ -165,6 +187,18 @@ internal static unsafe partial class Native
     {
         int one = 1;
         SetSockOpt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int));
+    }
+
+    private const int SO_OOBINLINE = 10;
+
+    /// <summary>
+    /// SO_OOBINLINE: a TCP urgent byte (telnet's Synch) stays in the stream, so it is echoed like every other
+    /// byte instead of being set aside where nobody reads it.
+    /// </summary>
+    public static void SetUrgentInline(int fd)
+    {
+        int one = 1;
+        SetSockOpt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof(int));
     }
 
     /// <summary>SO_LINGER {on, 0}: the following close() sends an RST and discards what is unsent.</summary>
