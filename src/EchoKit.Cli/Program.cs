@@ -4,9 +4,23 @@ namespace EchoKit.Cli
 {
     internal static class Program
     {
-        public static async Task<int> Main(string[] args)
+        public static int Main(string[] args)
         {
-            // First: whether stdin, stdout and stderr are really there (a closed one has been reused by the runtime).
+            // First, before anything loads the rest of the program (the JIT loads a method's assemblies when
+            // it compiles it, so this method references nothing else): enough descriptors to start at all.
+            if (StartupLimits.Check() is { } tooLow)
+            {
+                StartupLimits.WriteError(tooLow);
+                return args.Length > 0 && args[0] == "serve" ? ExitCodes.CannotListen : ExitCodes.Error;
+            }
+
+            return RunAsync(args).GetAwaiter().GetResult();
+        }
+
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+        private static async Task<int> RunAsync(string[] args)
+        {
+            // Whether stdin, stdout and stderr are really there (a closed one has been reused by the runtime).
             StandardStreams.Inspect();
 
             // Run socket continuations on the runtime's epoll thread instead of hopping to the thread

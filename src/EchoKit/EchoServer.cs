@@ -79,6 +79,7 @@ public sealed partial class EchoServer : IAsyncDisposable
             throw new InvalidOperationException("The server was already started.");
         }
 
+        EnsureEnoughDescriptors();
         try
         {
             if (Options.UnixPath is { } path)
@@ -132,6 +133,7 @@ public sealed partial class EchoServer : IAsyncDisposable
 
             _listeners.Clear();
             _datagramServices.Clear();
+            Volatile.Write(ref _state, 0); // not started: a later DisposeAsync has nothing to stop
             throw;
         }
 
@@ -174,6 +176,22 @@ public sealed partial class EchoServer : IAsyncDisposable
         foreach (var listener in _listeners)
         {
             _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(OnAccepted, OnDescriptorsExhausted)));
+        }
+    }
+
+    /// <summary>Refuses to start, with what is needed, where the descriptor limit leaves no room to serve anyone.</summary>
+    private void EnsureEnoughDescriptors()
+    {
+        int sockets = Options.UnixPath is not null ? 1 : AddressesToBind().Count() * ((Options.Tcp ? 1 : 0) + (Options.Udp ? 1 : 0));
+        int loops = Options.Tcp && UsesEpoll ? (Options.EngineLoops > 0 ? Options.EngineLoops : Environment.ProcessorCount) : 0;
+        if (DescriptorBudget.Shortfall(sockets + 2 * loops) is { } shortfall)
+        {
+            Volatile.Write(ref _state, 0);
+            throw new ListenFailedException(
+                $"the descriptor limit (ulimit -n) is {shortfall.Limit}, and the server needs at least {shortfall.Needed} to serve one connection "
+                + $"({shortfall.OpenNow} open now, {sockets} to listen, {2 * loops} for {loops} event loops, {DescriptorBudget.Reserve} kept free for the runtime, "
+                + $"{DescriptorBudget.SpareCount} spares): raise the limit (ulimit -n 1024, LimitNOFILE=) or use fewer --loops",
+                SocketError.TooManyOpenSockets);
         }
     }
 

@@ -14,6 +14,15 @@ public sealed class ListenFailedException : Exception
         SocketError = error;
     }
 
+    /// <summary>The server cannot start at all (too few descriptors): the message says why and what to do.</summary>
+    public ListenFailedException(string message, SocketError error)
+        : base(message)
+    {
+        Operation = "start";
+        EndPoint = new IPEndPoint(IPAddress.None, 0);
+        SocketError = error;
+    }
+
     /// <summary>
     /// The error in words. A Unix socket path whose directory does not exist fails with ENOENT, which .NET
     /// reports as AddressNotAvailable: named as what it is, not as a missing IP address.

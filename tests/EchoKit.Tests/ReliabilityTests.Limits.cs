@@ -249,4 +249,22 @@ public sealed partial class ReliabilityTests
 
         Assert.False(server.HasExited);
     }
+
+    [Theory]
+    [InlineData(30, "epoll")]
+    [InlineData(48, "epoll")]
+    [InlineData(100, "epoll")]
+    [InlineData(100, "socket")]
+    public async Task A_descriptor_limit_too_low_to_serve_anyone_is_one_line_and_exit_3_before_listening(int limit, string engine)
+    {
+        Assert.SkipUnless(File.Exists("/usr/bin/prlimit"), "prlimit (util-linux) is not installed");
+        string limitArg = "--nofile=" + limit.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var result = await ChildProcess.RunProgramAsync("/usr/bin/prlimit", ExitDeadline, null,
+            [limitArg, .. ChildProcess.Echokit("serve", "--port", "0", "--engine", engine, "--loops", "2")]);
+        Assert.Equal(3, result.ExitCode);
+        string line = Assert.Single(result.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith($"echokit: the descriptor limit (ulimit -n) is {limit}", line, StringComparison.Ordinal);
+        Assert.Contains("raise", line, StringComparison.Ordinal);
+        ServeProcessTests.NoStackTrace(result.Stderr);
+    }
 }

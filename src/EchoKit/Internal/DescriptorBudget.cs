@@ -87,7 +87,7 @@ internal static class DescriptorBudget
     private static long Soft(RLimit limit) => limit.Current > int.MaxValue ? int.MaxValue : (long)limit.Current;
 
     /// <summary>Spare descriptors (/dev/null) held so that they can be handed back to the runtime at EMFILE.</summary>
-    public static List<Microsoft.Win32.SafeHandles.SafeFileHandle>? OpenReserve(int count = 16)
+    public static List<Microsoft.Win32.SafeHandles.SafeFileHandle>? OpenReserve(int count = SpareCount)
     {
         if (!OperatingSystem.IsLinux())
         {
@@ -126,6 +126,28 @@ internal static class DescriptorBudget
             return 0;
         }
     }
+
+    /// <summary>
+    /// The fewest descriptors a server with <paramref name="ownDescriptors"/> sockets and event-loop descriptors
+    /// can start with and still serve one connection: what is open now, those, the reserve, the spares, and one.
+    /// Null when the limit (raised as far as allowed) is enough or unknown; otherwise the limit and what is needed.
+    /// Below it the server would start and refuse everyone as busy, or abort when an event loop could not
+    /// get its descriptors: it must refuse to start instead, before it says it is listening.
+    /// </summary>
+    public static (long Limit, long Needed, int OpenNow)? Shortfall(int ownDescriptors)
+    {
+        if (RaiseAndReadLimit() is not { } limit)
+        {
+            return null;
+        }
+
+        int open = OpenNow();
+        long needed = open + ownDescriptors + Reserve + SpareCount + 1;
+        return limit >= needed ? null : (limit, needed, open);
+    }
+
+    /// <summary>Spare descriptors held for the moment of EMFILE (<see cref="OpenReserve"/>).</summary>
+    public const int SpareCount = 16;
 
     /// <summary>Connections that fit: the limit less what is open and the reserve; null when unlimited or unknown.</summary>
     public static int? Connections(int listeners)
