@@ -36,13 +36,14 @@ internal static class BenchCommand
             CustomParser = r => CliOptions.ParseInteger(r, "--skip-greeting", 0, 1 << 20),
         };
         var connectTimeout = CliOptions.Duration("--connect-timeout", "Give up on a connection after this long", "10s", allowZero: false);
+        var echoTimeout = CliOptions.Duration("--echo-timeout", "A connection with messages in flight and no byte back for this long has stopped echoing: the run fails (exit 11)", "2s", allowZero: false);
         var udp = new Option<bool>("--udp", "-u") { Description = "UDP ping-pong datagrams (depth 1); a reply missing after 200 ms counts as lost (in errors)" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object (echoload's field names) instead of the report" };
         var engine = CliOptions.Engine("Drive TCP/Unix connections from our own epoll loops (Linux x86-64) or with .NET's async Socket calls; auto picks epoll where it runs");
 
         var command = new Command("bench", "Load an echo server: messages/s, MB/s and latency percentiles, every echoed byte checked.")
         {
-            target, unix, udp, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, json, engine,
+            target, unix, udp, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, echoTimeout.Option, json, engine,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -91,6 +92,7 @@ internal static class BenchCommand
                 Warmup = warmup.Get(result)!.Value,
                 Rate = result.GetValue(rate),
                 ConnectTimeout = connectTimeout.Get(result)!.Value,
+                EchoTimeout = echoTimeout.Get(result)!.Value,
                 Engine = result.GetValue(engine),
             };
             return await RunAsync(options, result.GetValue(json)).ConfigureAwait(false);
@@ -151,7 +153,17 @@ internal static class BenchCommand
 
         if (result.Mismatches > 0)
         {
-            return Program.Fail(ExitCodes.BenchMismatch, $"{result.Mismatches} echoed bytes differed from what was sent");
+            string hint = result.Unsolicited
+                ? "; the server sent more than it was sent (a greeting? give its length with --skip-greeting N, or leave --skip-greeting out to detect it)"
+                : "";
+            return Program.Fail(ExitCodes.BenchMismatch, $"{result.Mismatches} echoed bytes differed from what was sent{hint}");
+        }
+
+        if (result.NoEcho > 0)
+        {
+            string what = result.Messages == 0 ? "no message came back at all" : $"no byte came back for {Durations.Format(options.EchoTimeout)} with messages in flight";
+            return Program.Fail(ExitCodes.BenchNoEcho,
+                $"{result.NoEcho} of {result.Connections} connections stopped echoing: {what} (is it an echo server, and is it stalled?)");
         }
 
         long failed = result.Connections - result.ActiveAtEnd;
@@ -213,7 +225,7 @@ internal static class BenchCommand
         Print(string.Create(culture, $"{target}  {r.Connections} connections, {r.MessageSize} B messages, depth {r.Depth}, {(options.Rate is { } rate ? $"open loop at {rate:0} msgs/s" : "closed loop")}, {r.Seconds:0.0} s measured"));
         Print(string.Create(culture, $"  throughput  {r.MessagesPerSecond,12:N0} msgs/s  {r.MegabytesPerSecond,10:0.00} MB/s"));
         Print(string.Create(culture, $"  latency     p50 {r.P50Us:0.0} us  p90 {r.P90Us:0.0} us  p99 {r.P99Us:0.0} us  p99.9 {r.P999Us:0.0} us  max {r.MaxUs:0.0} us"));
-        Print(string.Create(culture, $"  messages    {r.Messages:N0}   errors {r.Errors}   mismatches {r.Mismatches}   connect failures {r.ConnectFailures}"));
+        Print(string.Create(culture, $"  messages    {r.Messages:N0}   errors {r.Errors}   mismatches {r.Mismatches}   connect failures {r.ConnectFailures}{(r.NoEcho > 0 ? $"   no echo {r.NoEcho}" : "")}"));
     }
 
     /// <summary>A line of the report on stdout; a stdout that is closed or fails is one warning, and the exit code still tells.</summary>
@@ -245,6 +257,7 @@ internal static class BenchCommand
             writer.WriteNumber("mismatches", r.Mismatches);
             writer.WriteNumber("connect_failures", r.ConnectFailures);
             writer.WriteNumber("active_at_end", r.ActiveAtEnd);
+            writer.WriteNumber("no_echo", r.NoEcho);
             writer.WriteEndObject();
         }
 

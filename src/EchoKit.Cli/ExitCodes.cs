@@ -14,4 +14,5 @@ internal static class ExitCodes
     public const int ShortRead = 8;
     public const int BenchMismatch = 9;
     public const int BenchConnectionsFailed = 10;
+    public const int BenchNoEcho = 11;
 }

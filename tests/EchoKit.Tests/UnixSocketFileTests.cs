@@ -98,9 +98,10 @@ public sealed class UnixSocketFileTests : IDisposable
 
             await using var a = ChildProcess.Start("serve", "--unix", SocketPath, "--quiet");
             await using var b = ChildProcess.Start("serve", "--unix", SocketPath, "--quiet");
-            var started = await Task.WhenAny(a.WaitForStderrAsync("listening on unix:", Deadline), b.WaitForStderrAsync("listening on unix:", Deadline));
-            await started;
-            var (winner, loser) = a.StandardErrorText.Contains("listening", StringComparison.Ordinal) ? (a, b) : (b, a);
+            // One of them listens (the other may already have exited: its wait then fails, which is no answer).
+            await ProcStats.WaitUntilAsync(() => a.StandardErrorText.Contains("info: echokit[1] listening on", StringComparison.Ordinal) || b.StandardErrorText.Contains("info: echokit[1] listening on", StringComparison.Ordinal),
+                Deadline, () => $"neither listens:\n{a.StandardErrorText}\n{b.StandardErrorText}");
+            var (winner, loser) = a.StandardErrorText.Contains("info: echokit[1] listening on", StringComparison.Ordinal) ? (a, b) : (b, a);
             Assert.Equal(3, await loser.WaitForExitAsync(ExitDeadline));
             Assert.Contains("EADDRINUSE", loser.StandardErrorText, StringComparison.Ordinal);
 

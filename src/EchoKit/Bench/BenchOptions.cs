@@ -38,6 +38,9 @@ public sealed record BenchOptions
 
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>A connection with messages in flight and no byte back for this long has stopped echoing.</summary>
+    public TimeSpan EchoTimeout { get; init; } = TimeSpan.FromSeconds(2);
+
     /// <summary>How TCP and Unix stream connections are driven: epoll loops (Linux x86-64) or async Socket calls.</summary>
     public EchoEngine Engine { get; init; } = EchoEngine.Auto;
 

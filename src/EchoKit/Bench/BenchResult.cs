@@ -38,6 +38,12 @@ public sealed record BenchResult
 
     public int ConnectFailures { get; init; }
 
+    /// <summary>Connections that stopped echoing: messages in flight and no byte back for the echo timeout (or none at all).</summary>
+    public int NoEcho { get; init; }
+
+    /// <summary>The server sent bytes nobody asked for (a greeting that was not skipped, or not an echo server).</summary>
+    public bool Unsolicited { get; init; }
+
     /// <summary>Connections still working when the window closed.</summary>
     public int ActiveAtEnd { get; init; }
 }

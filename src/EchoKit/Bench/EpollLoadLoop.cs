@@ -66,6 +66,12 @@ internal sealed class EpollLoadConnection : ILoadFlow
 
     public bool Failed { get; set; }
 
+    public long InFlight => Volatile.Read(ref Tail) - Volatile.Read(ref Head);
+
+    public long LastReceiveTimestamp { get; set; }
+
+    public bool Unsolicited { get; set; }
+
     /// <summary>Driven by its loop, not by a task of its own.</summary>
     public Task RunAsync() => Task.CompletedTask;
 
@@ -378,7 +384,10 @@ internal sealed unsafe class EpollLoadLoop
         if (doneThrough > c.Tail)
         {
             c.Mismatches++; // more came back than was sent
+            c.Unsolicited = true;
         }
+
+        c.LastReceiveTimestamp = now;
 
         int completed = (int)(done - head);
         while (head < done)
@@ -399,7 +408,7 @@ internal sealed unsafe class EpollLoadLoop
             }
         }
 
-        c.Head = doneThrough > c.Tail ? doneThrough : head;
+        c.Head = head; // never past Tail: bytes nobody asked for are mismatches, not messages (a negative count before)
         if (measuring)
         {
             c.MeasuredMessages += completed;

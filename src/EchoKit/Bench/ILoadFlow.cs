@@ -12,6 +12,15 @@ internal interface ILoadFlow
 
     bool Failed { get; }
 
+    /// <summary>Messages sent whose echo has not come back yet (0 for UDP, whose losses are counted as they happen).</summary>
+    long InFlight { get; }
+
+    /// <summary>Stopwatch timestamp of the last echoed byte; 0 if none came back yet.</summary>
+    long LastReceiveTimestamp { get; }
+
+    /// <summary>The server sent more than was asked (a greeting the run did not skip, or not an echo server).</summary>
+    bool Unsolicited { get; }
+
     Task RunAsync();
 
     void Close();

@@ -43,6 +43,12 @@ internal sealed class LoadConnection : ILoadFlow
 
     public bool Failed => _failed;
 
+    public long InFlight => Volatile.Read(ref _tail) - Volatile.Read(ref _head);
+
+    public long LastReceiveTimestamp { get; private set; }
+
+    public bool Unsolicited { get; private set; }
+
     public static LoadConnection Open(LoadGenerator owner, int index, Socket connected) => new(owner, connected, owner.StartOffset(index));
 
     /// <summary>A Unix stream socket, or a TCP one with TCP_NODELAY.</summary>
@@ -223,6 +229,7 @@ internal sealed class LoadConnection : ILoadFlow
 
             _receivePosition += n;
             long now = Stopwatch.GetTimestamp();
+            LastReceiveTimestamp = now;
             long doneThrough = (_receivePosition - _startOffset) / _size;
             int completed = 0;
             while (_head < doneThrough)
@@ -230,7 +237,7 @@ internal sealed class LoadConnection : ILoadFlow
                 if (_head >= _tail)
                 {
                     Mismatches++; // more came back than was sent
-                    _head = doneThrough;
+                    Unsolicited = true;
                     break;
                 }
 

@@ -256,6 +256,10 @@ public sealed class LoadGenerator
         // The loops must be out of their system calls before the sockets are closed under them.
         await Task.WhenAll(loops.Select(l => l.Exited)).WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
         int activeAtEnd = _workers.Count(w => !w.Failed);
+        long end = Stopwatch.GetTimestamp();
+        long echoTimeoutTicks = (long)(_options.EchoTimeout.TotalSeconds * Stopwatch.Frequency);
+        int noEcho = _workers.Count(w => !w.Failed && w.InFlight > 0
+            && (w.LastReceiveTimestamp == 0 || end - w.LastReceiveTimestamp > echoTimeoutTicks));
         foreach (var worker in _workers)
         {
             worker.Close();
@@ -286,6 +290,8 @@ public sealed class LoadGenerator
             Mismatches = _workers.Sum(w => w.Mismatches),
             ConnectFailures = _connectFailures,
             ActiveAtEnd = activeAtEnd,
+            NoEcho = noEcho,
+            Unsolicited = _workers.Any(w => w.Unsolicited),
         };
     }
 

@@ -35,6 +35,13 @@ internal sealed class UdpLoadConnection : ILoadFlow
 
     public bool Failed { get; private set; }
 
+    /// <summary>UDP counts a missing reply as lost after its own timeout: nothing waits in flight for the end.</summary>
+    public long InFlight => 0;
+
+    public long LastReceiveTimestamp => 0;
+
+    public bool Unsolicited => false;
+
     public static UdpLoadConnection Open(LoadGenerator owner, int index, EndPoint endPoint)
     {
         var socket = endPoint is UnixDomainSocketEndPoint
