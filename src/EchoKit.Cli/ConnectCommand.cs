@@ -197,6 +197,11 @@ internal static class ConnectCommand
         var buffer = new byte[64 * 1024];
         long total = 0;
         string ending = "no data for " + Durations.Format(settings.Wait);
+        // An echo server's answer ends with what was sent: stop there rather than wait --wait for more.
+        // Without --expect and -N only (with -N the server closes when done); a server that answers something
+        // else still gets --wait.
+        var tail = settings.Expect is null && !settings.HalfClose && payload.Length > 0 ? new byte[payload.Length] : null;
+        int tailLength = 0;
         while (settings.Expect is null || total < settings.Expect)
         {
             // --wait ends the reply normally; --recv-timeout, when shorter, is an error.
@@ -217,6 +222,11 @@ internal static class ConnectCommand
             int toPrint = settings.Expect is { } e ? (int)Math.Min(received, e - total) : received;
             stdout.Write(buffer.AsSpan(0, toPrint));
             total += received;
+            if (tail is not null && EndsWithEcho(tail, ref tailLength, buffer.AsSpan(0, received), payload))
+            {
+                ending = "the echo of what was sent came back";
+                break;
+            }
         }
 
         Console.Error.WriteLine($"echokit: received {total} bytes; {(settings.Expect is { } n && total >= n ? $"{n} expected bytes arrived" : ending)}");
@@ -226,6 +236,25 @@ internal static class ConnectCommand
         }
 
         return ExitCodes.Ok;
+    }
+
+    /// <summary>Keeps the last bytes received in <paramref name="tail"/>; true when they are <paramref name="payload"/>.</summary>
+    private static bool EndsWithEcho(byte[] tail, ref int tailLength, ReadOnlySpan<byte> received, byte[] payload)
+    {
+        if (received.Length >= tail.Length)
+        {
+            received[^tail.Length..].CopyTo(tail);
+            tailLength = tail.Length;
+        }
+        else
+        {
+            int keep = Math.Min(tailLength, tail.Length - received.Length);
+            tail.AsSpan(tailLength - keep, keep).CopyTo(tail);
+            received.CopyTo(tail.AsSpan(keep));
+            tailLength = keep + received.Length;
+        }
+
+        return tailLength == payload.Length && tail.AsSpan().SequenceEqual(payload);
     }
 
     internal static int ExitCodeOf(ConnectFailedException e) =>

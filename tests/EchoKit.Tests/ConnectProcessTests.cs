@@ -47,13 +47,27 @@ public sealed class ConnectProcessTests
     [InlineData("::1", null)]
     [InlineData("[::1]", "PORT")]
     [InlineData("localhost", null)]
-    public async Task One_shot_reaches_the_server_by_IPv6_literal_and_host_name_and_ends_after_the_wait(string host, string? portForm)
+    public async Task One_shot_reaches_the_server_by_IPv6_literal_and_host_name_and_ends_when_the_echo_is_back(string host, string? portForm)
     {
         await using var server = StartEchoServer(greeting: false);
         string[] target = portForm is null ? [host, Port(server)] : [$"{host}:{Port(server)}"];
-        var result = await ChildProcess.RunAsync(ExitDeadline, null, ["connect", .. target, "--send", "abc", "--wait", "300ms"]);
+        var started = DateTime.UtcNow;
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, ["connect", .. target, "--send", "abc", "--wait", "30s"]);
         Assert.Equal(0, result.ExitCode);
         Assert.Equal("abc", result.StdoutText);
+        Assert.Contains("the echo of what was sent came back", result.Stderr, StringComparison.Ordinal);
+        Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(15), "waited for --wait although the echo was back");
+    }
+
+    [Fact]
+    public async Task One_shot_to_a_server_that_answers_something_else_ends_after_the_wait()
+    {
+        int port = FreePort();
+        await using var other = ChildProcess.StartProgram("socat", $"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "SYSTEM:echo other; sleep 10");
+        await WaitUntilListeningAsync(port, ExitDeadline);
+        var result = await ChildProcess.RunAsync(ExitDeadline, null, "connect", "127.0.0.1", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--send", "abc", "--wait", "300ms");
+        Assert.Equal(0, result.ExitCode);
+        Assert.Equal("other\n", result.StdoutText);
         Assert.Contains("no data for 300ms", result.Stderr, StringComparison.Ordinal);
     }
 
