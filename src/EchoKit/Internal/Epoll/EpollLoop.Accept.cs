@@ -114,9 +114,12 @@ internal sealed unsafe partial class EpollLoop
         switch (_server.Admit(fd, out long id))
         {
             case EchoServer.Admission.Busy:
-                fixed (byte* line = _server.BusyLine())
+                // Read once: the line changes with the limit, and another thread may lower it between two reads,
+                // which sent the length of one array from another (a read past the end of the shorter).
+                byte[] busy = _server.BusyLine();
+                fixed (byte* line = busy)
                 {
-                    Native.Send(fd, line, (nuint)_server.BusyLine().Length, Native.MSG_NOSIGNAL);
+                    Native.Send(fd, line, (nuint)busy.Length, Native.MSG_NOSIGNAL);
                 }
 
                 Native.Shutdown(fd, Native.SHUT_WR);
