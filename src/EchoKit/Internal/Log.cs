@@ -15,8 +15,10 @@ internal static partial class Log
     [LoggerMessage(3, LogLevel.Information, "connection {Id} from {Peer} closed: {Reason}, {BytesIn} bytes in, {BytesOut} bytes out, {DurationMs} ms")]
     public static partial void Closed(ILogger logger, long id, string peer, string reason, long bytesIn, long bytesOut, long durationMs);
 
-    [LoggerMessage(4, LogLevel.Warning, "connection from {Peer} refused: server busy ({Max} connections)")]
-    public static partial void Busy(ILogger logger, string peer, int max);
+    [LoggerMessage(4, LogLevel.Warning, "connection from {Peer} refused: server busy ({Connections})")]
+    private static partial void Busy(ILogger logger, string peer, string connections);
+
+    public static void Busy(ILogger logger, string peer, int max) => Busy(logger, peer, Count(max, "connection"));
 
     [LoggerMessage(5, LogLevel.Warning, "accept failed: {Error}; retrying in {DelayMs} ms ({Suppressed} similar errors not logged)")]
     public static partial void AcceptFailed(ILogger logger, string error, long delayMs, long suppressed);
