@@ -74,10 +74,11 @@ public sealed partial class EchoServer
         return cached.Value.Line;
     }
 
-    internal void ReportBusy(EndPoint? peer)
+    /// <summary>A refused connection: it took an id at admission, and its close reports that id (it said 0 before).</summary>
+    internal void ReportBusy(long id, EndPoint? peer)
     {
         Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit);
-        ConnectionClosed?.Invoke(new ClosedConnection(0, peer, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
+        ConnectionClosed?.Invoke(new ClosedConnection(id, peer, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
     }
 
     /// <summary>
@@ -158,7 +159,7 @@ public sealed partial class EchoServer
         Log.DescriptorLimited(_logger, _startConnectionLimit, "restored: the descriptor limit is back to " + _startDescriptorLimit.ToString(System.Globalization.CultureInfo.InvariantCulture));
     }
 
-    private void RefuseBusy(Socket socket)
+    private void RefuseBusy(long id, Socket socket)
     {
         var peer = EndPointText.PeerOf(socket);
         try
@@ -176,6 +177,6 @@ public sealed partial class EchoServer
             socket.Dispose();
         }
 
-        ReportBusy(peer);
+        ReportBusy(id, peer);
     }
 }

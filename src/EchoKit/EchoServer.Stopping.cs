@@ -101,6 +101,11 @@ public sealed partial class EchoServer
         }
 
         await Task.WhenAll(loops.Select(l => l.Exited)).ConfigureAwait(false);
+        if (Volatile.Read(ref _abortedAtShutdown) is > 0 and int aborted)
+        {
+            Log.AbortingAtShutdown(_logger, aborted); // one line for all loops, as the Socket engine writes it
+        }
+
         ReportStopped();
     }
 
@@ -123,6 +128,10 @@ public sealed partial class EchoServer
         if (Volatile.Read(ref _state) == 1)
         {
             await StopAsync().ConfigureAwait(false);
+        }
+        else if (_stopTask is { } stopping)
+        {
+            await stopping.ConfigureAwait(false); // a StopAsync nobody awaited: its drain is not over yet
         }
         else
         {

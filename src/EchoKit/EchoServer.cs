@@ -226,7 +226,10 @@ public sealed partial class EchoServer : IAsyncDisposable
 
     internal void ReportAccepted(long id, EndPoint? peer) => Log.Accepted(_logger, id, EndPointText.Format(peer));
 
-    internal void ReportAbortingAtShutdown(int count) => Log.AbortingAtShutdown(_logger, count);
+    private int _abortedAtShutdown;
+
+    /// <summary>A loop aborts its connections at the shutdown timeout; the server logs the total once they have all done so.</summary>
+    internal void CountAbortingAtShutdown(int count) => Interlocked.Add(ref _abortedAtShutdown, count);
 
     /// <summary>A connection has ended: uncounted, logged, and announced.</summary>
     internal void ReportClosed(ClosedConnection closed)
@@ -256,7 +259,7 @@ public sealed partial class EchoServer : IAsyncDisposable
         switch (Admit((int)socket.Handle, out long id))
         {
             case Admission.Busy:
-                RefuseBusy(socket);
+                RefuseBusy(id, socket);
                 return;
             case Admission.Stopping:
                 socket.Dispose(); // accepted in the instant the listener was closing

@@ -116,13 +116,23 @@ internal sealed unsafe class EpollLoadLoop
         _interval = _openLoop ? Stopwatch.Frequency / (options.Rate!.Value / options.Connections) : 0;
         _buffer = GC.AllocateUninitializedArray<byte>(Math.Max(256 * 1024, _size), pinned: true);
         _epoll = Native.EpollCreate1(Native.EPOLL_CLOEXEC);
-        _wake = Native.EventFd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
-        if (_epoll < 0 || _wake < 0)
+        if (_epoll < 0)
         {
             throw new SocketException(Native.LastError);
         }
 
-        Control(Native.EPOLL_CTL_ADD, _wake, Native.EPOLLIN, WakeToken);
+        _wake = Native.EventFd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
+        if (_wake < 0 || Control(Native.EPOLL_CTL_ADD, _wake, Native.EPOLLIN, WakeToken) < 0)
+        {
+            int errno = Native.LastError; // read before close() can change it
+            if (_wake >= 0)
+            {
+                Native.Close(_wake);
+            }
+
+            Native.Close(_epoll); // leaked before when the eventfd failed
+            throw new SocketException(errno);
+        }
         var thread = new Thread(Run) { IsBackground = true, Name = $"echokit-bench-{index}" };
         thread.UnsafeStart();
     }

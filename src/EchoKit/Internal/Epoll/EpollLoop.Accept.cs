@@ -124,7 +124,7 @@ internal sealed unsafe partial class EpollLoop
 
                 Native.Shutdown(fd, Native.SHUT_WR);
                 Native.Close(fd);
-                _server.ReportBusy(peer);
+                _server.ReportBusy(id, peer);
                 return;
             case EchoServer.Admission.Stopping:
                 Native.Close(fd);

@@ -19,7 +19,7 @@ internal sealed unsafe partial class EpollLoop
             bool deadlinePassed = _draining && now >= _drainDeadlineTicks;
             if (deadlinePassed && _count > 0)
             {
-                _server.ReportAbortingAtShutdown(_count);
+                _server.CountAbortingAtShutdown(_count); // the server logs the sum once, not one line per loop
             }
 
             var all = _byFd;
