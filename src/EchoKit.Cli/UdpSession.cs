@@ -60,7 +60,8 @@ internal static class UdpSession
         long lastSendTicks = Environment.TickCount64;
         bool inputDone = false;
 
-        var sender = Task.Run(async () =>
+        // Reading stdin blocks: the sender gets a thread of its own rather than one of the pool's few.
+        var sender = Task.Factory.StartNew(async () =>
         {
             try
             {
@@ -74,9 +75,9 @@ internal static class UdpSession
             finally
             {
                 Volatile.Write(ref lastSendTicks, Environment.TickCount64);
-                inputDone = true;
+                Volatile.Write(ref inputDone, true); // read by the receive loop on another thread
             }
-        });
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
 
         try
         {
@@ -84,7 +85,7 @@ internal static class UdpSession
             {
                 // Wait for replies while input goes on, and for --wait after the last datagram was sent.
                 long left = (long)wait.TotalMilliseconds - (Environment.TickCount64 - Volatile.Read(ref lastSendTicks));
-                if (inputDone && (left <= 0 || Interlocked.Read(ref received) >= Interlocked.Read(ref sent)))
+                if (Volatile.Read(ref inputDone) && (left <= 0 || Interlocked.Read(ref received) >= Interlocked.Read(ref sent)))
                 {
                     break;
                 }

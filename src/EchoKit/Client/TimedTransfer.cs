@@ -8,7 +8,12 @@ namespace EchoKit.Client;
 /// </summary>
 public static class TimedTransfer
 {
-    /// <summary>Sends everything; throws <see cref="TransferTimeoutException"/> if the whole send takes longer than <paramref name="timeout"/>.</summary>
+    /// <summary>
+    /// Sends everything; throws <see cref="TransferTimeoutException"/> when the send makes no progress for
+    /// <paramref name="timeout"/>: a peer that reads slowly but keeps reading never trips it, however long the
+    /// whole send takes. Progress is the peer acknowledging bytes (TCP_INFO's bytes_acked) or the send queue
+    /// changing (SIOCOUTQ, for Unix sockets); where neither can be read, the whole send gets <paramref name="timeout"/>.
+    /// </summary>
     public static async ValueTask SendAsync(Socket socket, ReadOnlyMemory<byte> data, TimeSpan? timeout, CancellationToken cancellationToken = default)
     {
         if (timeout is null)
@@ -18,10 +23,29 @@ public static class TimedTransfer
         }
 
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        cts.CancelAfter(timeout.Value);
+        var send = socket.SendAllAsync(data, cts.Token).AsTask();
+        var step = TimeSpan.FromMilliseconds(Math.Clamp(timeout.Value.TotalMilliseconds / 4, 10, 1000));
+        int fd = (int)socket.Handle;
+        (long Acked, int Queued) last = (Internal.Epoll.Native.BytesAcked(fd), Internal.Epoll.Native.BytesUnsent(fd));
+        long lastProgress = Environment.TickCount64;
         try
         {
-            await socket.SendAllAsync(data, cts.Token).ConfigureAwait(false);
+            while (await Task.WhenAny(send, Task.Delay(step, cts.Token)).ConfigureAwait(false) != send)
+            {
+                (long Acked, int Queued) now = (Internal.Epoll.Native.BytesAcked(fd), Internal.Epoll.Native.BytesUnsent(fd));
+                if (now != last)
+                {
+                    last = now;
+                    lastProgress = Environment.TickCount64;
+                }
+                else if (Environment.TickCount64 - lastProgress >= (long)timeout.Value.TotalMilliseconds)
+                {
+                    cts.Cancel();
+                    break;
+                }
+            }
+
+            await send.ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {

@@ -130,6 +130,27 @@ internal static unsafe partial class Native
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     private static partial int Ioctl(int fd, nuint request, int* value);
 
+    private const int TCP_INFO = 11;
+    private const int TcpInfoBytesAckedOffset = 120; // struct tcp_info: tcpi_bytes_acked (Linux 4.1+)
+
+    [LibraryImport("libc", EntryPoint = "getsockopt", SetLastError = true)]
+    private static partial int GetSockOpt(int fd, int level, int name, void* value, uint* length);
+
+    /// <summary>Bytes of ours the TCP peer has acknowledged so far (TCP_INFO); -1 where it cannot tell (not TCP, old kernel).</summary>
+    public static long BytesAcked(int fd)
+    {
+        if (!IsSupported)
+        {
+            return -1;
+        }
+
+        byte* info = stackalloc byte[256];
+        uint length = 256;
+        return GetSockOpt(fd, IPPROTO_TCP, TCP_INFO, info, &length) == 0 && length >= TcpInfoBytesAckedOffset + 8
+            ? *(long*)(info + TcpInfoBytesAckedOffset)
+            : -1;
+    }
+
     private const int TIOCOUTQ = 0x5411;
 
     /// <summary>Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ); 0 when it cannot tell.</summary>
