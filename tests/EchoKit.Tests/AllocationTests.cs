@@ -13,27 +13,50 @@ namespace EchoKit.Tests;
 [Collection(nameof(ReliabilityTests))]
 public sealed partial class AllocationTests
 {
-    [Fact]
-    public async Task Echoing_allocates_nothing_per_message()
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    [InlineData("udp")]
+    public async Task Echoing_allocates_nothing_per_message(string path)
     {
         // Debug builds compile async state machines as classes: one allocation per call by design.
         bool optimized = typeof(EchoServer).Assembly.GetCustomAttributes(typeof(System.Diagnostics.DebuggableAttribute), false)
             .Cast<System.Diagnostics.DebuggableAttribute>().All(a => !a.IsJITOptimizerDisabled);
         Assert.SkipUnless(optimized, "allocation counts mean something only in an optimized build: dotnet test -c Release");
-        long few = Math.Min(await AllocatedAsync(5_000), await AllocatedAsync(5_000));
-        long many = Math.Min(await AllocatedAsync(45_000), await AllocatedAsync(45_000));
+        Assert.SkipWhen(path == "epoll" && !EchoServer.EpollSupported, "the epoll engine runs on Linux x86-64 only");
+        long few = Math.Min(await AllocatedAsync(path, 5_000), await AllocatedAsync(path, 5_000));
+        long many = Math.Min(await AllocatedAsync(path, 45_000), await AllocatedAsync(path, 45_000));
         double perMessage = (many - few) / 40_000.0;
-        // One 24-byte object per message would show as 24 here.
-        Assert.True(perMessage < 4, $"{perMessage:0.00} bytes allocated per echoed message ({few} vs {many} bytes in all)");
+        // One 24-byte object per message would show as 24 here. The UDP path allocates 24 bytes per datagram
+        // today (measured in process too; the socket calls it makes allocate nothing on their own): it is held
+        // to that until the recvmmsg engine (issue 14) takes it to zero.
+        double bound = path == "udp" ? 32 : 4;
+        Assert.True(perMessage < bound, $"{perMessage:0.00} bytes allocated per echoed message ({few} vs {many} bytes in all)");
     }
 
-    private static async Task<long> AllocatedAsync(int roundTrips)
+    private static async Task<long> AllocatedAsync(string path, int roundTrips)
     {
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting");
+        string[] args = path == "udp" ? ["--udp", "--udp-rate", "0"] : ["--engine", path];
+        var (server, port) = await ChildProcess.StartServerAsync(["--quiet", "--no-greeting", .. args]);
         await using (server)
         {
-            using (var client = await ConnectAsync(port))
+            if (path == "udp")
             {
+                using var udp = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Dgram, System.Net.Sockets.ProtocolType.Udp);
+                udp.Connect(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, port));
+                var datagram = new byte[64];
+                var reply = new byte[64];
+                for (int i = 0; i < roundTrips; i++)
+                {
+                    await udp.SendAsync(datagram);
+                    using var wait = new CancellationTokenSource(Deadline);
+                    await udp.ReceiveAsync(reply, wait.Token); // loopback does not lose datagrams at this pace
+                }
+            }
+            else
+            {
+                using (var client = await ConnectAsync(port))
+                {
                 var message = new byte[64];
                 var echo = new byte[64];
                 Random.Shared.NextBytes(message);
@@ -48,9 +71,11 @@ public sealed partial class AllocationTests
                 }
 
                 Assert.Equal(message, echo);
+                }
+
+                await server.WaitForStderrAsync("closed: closed by peer", Deadline);
             }
 
-            await server.WaitForStderrAsync("closed: closed by peer", Deadline);
             server.Signal(ChildProcess.SIGTERM);
             Assert.Equal(0, await server.WaitForExitAsync(Deadline));
             var match = StoppedLine().Match(server.StandardErrorText);
