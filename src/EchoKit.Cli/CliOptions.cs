@@ -68,7 +68,6 @@ internal static class CliOptions
         return (int)value;
     }
 
-    /// <summary>-4 / -6: restrict to one address family.</summary>
     /// <summary>--engine for serve and bench; asking for epoll where it cannot run is a usage error.</summary>
     public static Option<EchoEngine> Engine(string description)
     {
@@ -85,6 +84,7 @@ internal static class CliOptions
         return option;
     }
 
+    /// <summary>-4 / -6: restrict to one address family.</summary>
     public static (Option<bool> Four, Option<bool> Six) FamilyOptions() =>
         (new Option<bool>("-4") { Description = "IPv4 only" }, new Option<bool>("-6") { Description = "IPv6 only" });
 

@@ -196,7 +196,8 @@ public sealed class LoadGenerator
                 if (countFailure)
                 {
                     Interlocked.Increment(ref _connectFailures);
-                    LastConnectError ??= e is SocketException se ? se.SocketErrorCode : SocketError.TimedOut;
+                    // The first failure is kept (connections fail on many threads at once: set once, atomically).
+                    Interlocked.CompareExchange(ref _firstConnectError, (int)(e is SocketException se ? se.SocketErrorCode : SocketError.TimedOut), NoError);
                 }
 
                 return null;
@@ -208,8 +209,8 @@ public sealed class LoadGenerator
             string tried = candidates.Length == 1 ? EndPointText.Format(endPoint)
                 : $"{_options.Host}:{_options.Port} ({string.Join(", ", candidates.Select(EndPointText.Format))})";
             throw new ConnectFailedException(
-                $"no connection to {tried} succeeded: {SocketErrorText.Describe(LastConnectError ?? SocketError.ConnectionRefused)}",
-                _options.Host, _options.Port, LastConnectError ?? SocketError.ConnectionRefused);
+                $"no connection to {tried} succeeded: {SocketErrorText.Describe(FirstConnectError ?? SocketError.ConnectionRefused)}",
+                _options.Host, _options.Port, FirstConnectError ?? SocketError.ConnectionRefused);
         }
 
         _phase = 1;
@@ -333,6 +334,9 @@ public sealed class LoadGenerator
     /// <summary>Why the first connection dropped during the run failed (null: the server closed it, or none did).</summary>
     public SocketError? FirstDropError { get; private set; }
 
-    /// <summary>The error of the last failed connect, for the report.</summary>
-    public SocketError? LastConnectError { get; private set; }
+    private const int NoError = int.MinValue;
+    private int _firstConnectError = NoError;
+
+    /// <summary>The error of the first failed connect, for the report.</summary>
+    public SocketError? FirstConnectError => Volatile.Read(ref _firstConnectError) is var e && e != NoError ? (SocketError)e : null;
 }

@@ -42,6 +42,9 @@ internal static partial class Log
     [LoggerMessage(10, LogLevel.Error, "connection setup failed: {Error}")]
     public static partial void SetupFailed(ILogger logger, string error);
 
+    [LoggerMessage(14, LogLevel.Critical, "event loop {Index} failed and stopped: {Error}")]
+    public static partial void LoopFailed(ILogger logger, int index, string error);
+
     [LoggerMessage(11, LogLevel.Warning, "{Transport}: datagrams not answered so far: {Drops}")]
     public static partial void DatagramsDropped(ILogger logger, string transport, string drops);
 

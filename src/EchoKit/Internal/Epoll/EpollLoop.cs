@@ -200,7 +200,7 @@ internal sealed unsafe partial class EpollLoop
         catch (Exception e)
         {
             // Not expected; never leave the server waiting for a loop that is gone.
-            Log.SetupFailed(_logger, "event loop: " + e.Message);
+            Log.LoopFailed(_logger, _index, e.Message); // not a connection's setup: the whole loop
         }
         finally
         {
