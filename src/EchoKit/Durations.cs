@@ -3,7 +3,7 @@ using System.Globalization;
 namespace EchoKit;
 
 /// <summary>Durations as users type them: <c>50us</c>, <c>500ms</c>, <c>2s</c>, <c>5m</c>, <c>1h</c>, or plain (fractional) seconds.</summary>
-public static class Durations
+internal static class Durations
 {
     // No inner white space ("10 s"), no thousands separators, no currency: a number and a unit.
     private const NumberStyles Strict = NumberStyles.AllowLeadingSign | NumberStyles.AllowDecimalPoint | NumberStyles.AllowExponent;

@@ -3,7 +3,7 @@ using System.Net;
 namespace EchoKit;
 
 /// <summary>How addresses are written in every log line and message: IPv6 in brackets, IPv4-mapped as IPv4.</summary>
-public static class EndPointText
+internal static class EndPointText
 {
     public static string Format(EndPoint? endPoint) => endPoint switch
     {

@@ -7,7 +7,7 @@ namespace EchoKit;
 /// errno name and strerror text that a network engineer knows. A plain table, as in the
 /// runtime's SocketErrorPal.Unix.cs, read in the other direction.
 /// </summary>
-public static class SocketErrorText
+internal static class SocketErrorText
 {
     public static (string Errno, string Message) Of(SocketError error) => error switch
     {

@@ -47,6 +47,3 @@ public sealed record BenchResult
     /// <summary>Connections still working when the window closed.</summary>
     public int ActiveAtEnd { get; init; }
 }
-
-/// <summary>A live look at a run, for progress displays.</summary>
-public readonly record struct BenchProgress(string Phase, TimeSpan Elapsed, long Messages, long Mismatches, long Errors, int Connected);

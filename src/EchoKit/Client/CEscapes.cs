@@ -3,7 +3,7 @@ using System.Text;
 namespace EchoKit.Client;
 
 /// <summary>Decodes the C escapes that <c>echokit connect --send</c> accepts: \r \n \t \0 \\ \xHH.</summary>
-public static class CEscapes
+internal static class CEscapes
 {
     public static bool TryDecode(string text, out byte[] bytes, out string error)
     {
