@@ -57,7 +57,7 @@ internal static class UdpSession
         var stdout = StandardStreams.Output;
         stdout.WarnIfClosed("replies are not printed");
         var buffer = new byte[65_536];
-        long lastSendTicks = Environment.TickCount64;
+        long lastSendMs = Environment.TickCount64;
         bool inputDone = false;
 
         // Reading stdin blocks: the sender gets a thread of its own rather than one of the pool's few.
@@ -69,12 +69,12 @@ internal static class UdpSession
                 {
                     await socket.SendAsync(datagram, SocketFlags.None).ConfigureAwait(false);
                     Interlocked.Increment(ref sent);
-                    Volatile.Write(ref lastSendTicks, Environment.TickCount64);
+                    Volatile.Write(ref lastSendMs, Environment.TickCount64);
                 }
             }
             finally
             {
-                Volatile.Write(ref lastSendTicks, Environment.TickCount64);
+                Volatile.Write(ref lastSendMs, Environment.TickCount64);
                 Volatile.Write(ref inputDone, true); // read by the receive loop on another thread
             }
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
@@ -84,7 +84,7 @@ internal static class UdpSession
             while (true)
             {
                 // Wait for replies while input goes on, and for --wait after the last datagram was sent.
-                long left = (long)wait.TotalMilliseconds - (Environment.TickCount64 - Volatile.Read(ref lastSendTicks));
+                long left = (long)wait.TotalMilliseconds - (Environment.TickCount64 - Volatile.Read(ref lastSendMs));
                 if (Volatile.Read(ref inputDone) && (left <= 0 || Interlocked.Read(ref received) >= Interlocked.Read(ref sent)))
                 {
                     break;

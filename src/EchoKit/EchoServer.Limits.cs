@@ -52,7 +52,7 @@ public sealed partial class EchoServer
             return Admission.Busy;
         }
 
-        if (Volatile.Read(ref _state) != 1)
+        if (State != ServerState.Started)
         {
             Interlocked.Decrement(ref _activeCount);
             return Admission.Stopping;

@@ -12,7 +12,7 @@ public sealed partial class EchoServer
     /// </summary>
     public Task StopAsync()
     {
-        if (Interlocked.Exchange(ref _state, 2) == 2)
+        if (Exchange(ServerState.Stopping) == ServerState.Stopping)
         {
             return _stopTask ?? Task.CompletedTask;
         }
@@ -125,7 +125,7 @@ public sealed partial class EchoServer
 
     public async ValueTask DisposeAsync()
     {
-        if (Volatile.Read(ref _state) == 1)
+        if (State == ServerState.Started)
         {
             await StopAsync().ConfigureAwait(false);
         }
@@ -135,7 +135,7 @@ public sealed partial class EchoServer
         }
         else
         {
-            Volatile.Write(ref _state, 2);
+            Exchange(ServerState.Stopping);
             foreach (var listener in _listeners)
             {
                 listener.Dispose();

@@ -35,7 +35,21 @@ public sealed partial class EchoServer : IAsyncDisposable
     private List<Microsoft.Win32.SafeHandles.SafeFileHandle>? _reserve; // spare descriptors, freed at EMFILE
     private long _nextId;
     private int _activeCount;
-    private int _state; // 0 new, 1 started, 2 stopping/stopped
+    private int _state; // a ServerState, as int for Interlocked and Volatile
+
+    /// <summary>Other threads change it (Start, StopAsync) while loops read it.</summary>
+    private ServerState State => (ServerState)Volatile.Read(ref _state);
+
+    /// <summary>Moves to <paramref name="next"/>; returns the state before.</summary>
+    private ServerState Exchange(ServerState next) => (ServerState)Interlocked.Exchange(ref _state, (int)next);
+
+    private enum ServerState
+    {
+        New,
+        Started,
+        /// <summary>Stopping or stopped: set once, by the first StopAsync or DisposeAsync.</summary>
+        Stopping,
+    }
     private Task? _stopTask;
 
     public EchoServer(EchoServerOptions options, ILogger? logger = null, IPayloadSink? payloadSink = null)
@@ -74,7 +88,7 @@ public sealed partial class EchoServer : IAsyncDisposable
     /// <summary>Binds every address and starts accepting. Throws <see cref="ListenFailedException"/>.</summary>
     public void Start()
     {
-        if (Interlocked.CompareExchange(ref _state, 1, 0) != 0)
+        if ((ServerState)Interlocked.CompareExchange(ref _state, (int)ServerState.Started, (int)ServerState.New) != ServerState.New)
         {
             throw new InvalidOperationException("The server was already started.");
         }
@@ -133,7 +147,7 @@ public sealed partial class EchoServer : IAsyncDisposable
 
             _listeners.Clear();
             _datagramServices.Clear();
-            Volatile.Write(ref _state, 0); // not started: a later DisposeAsync has nothing to stop
+            Exchange(ServerState.New); // not started: a later DisposeAsync has nothing to stop
             throw;
         }
 
@@ -186,7 +200,7 @@ public sealed partial class EchoServer : IAsyncDisposable
         int loops = Options.Tcp && UsesEpoll ? (Options.EngineLoops > 0 ? Options.EngineLoops : Environment.ProcessorCount) : 0;
         if (DescriptorBudget.Shortfall(sockets + 2 * loops) is { } shortfall)
         {
-            Volatile.Write(ref _state, 0);
+            Exchange(ServerState.New);
             throw new ListenFailedException(
                 $"the descriptor limit (ulimit -n) is {shortfall.Limit}, and the server needs at least {shortfall.Needed} to serve one connection "
                 + $"({shortfall.OpenNow} open now, {sockets} to listen, {2 * loops} for {loops} event loops, {DescriptorBudget.Reserve} kept free for the runtime, "
@@ -293,7 +307,7 @@ public sealed partial class EchoServer : IAsyncDisposable
         // and the process's exit, could overtake this connection's "closed" line.
         ReportClosed(closed);
         _connections.TryRemove(connection.Id, out _);
-        if (Volatile.Read(ref _state) == 2 && _connections.IsEmpty)
+        if (State == ServerState.Stopping && _connections.IsEmpty)
         {
             _drained.TrySetResult();
         }

@@ -24,7 +24,15 @@ public sealed class LoadGenerator
     private readonly ConcurrentBag<LongHistogram> _histograms = [];
     private readonly ThreadLocal<LongHistogram> _histogram;
     private readonly long _start = Stopwatch.GetTimestamp();
-    private volatile int _phase; // 0 connecting, 1 warmup, 2 measuring, 3 done
+    private volatile RunPhase _phase;
+
+    private enum RunPhase
+    {
+        Connecting,
+        Warmup,
+        Measuring,
+        Done,
+    }
     private int _connectFailures;
     private readonly TaskCompletionSource _stopEarly = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private bool _dropped; // under the _workers lock: a connection failed during the run (FirstDropError says why)
@@ -66,9 +74,9 @@ public sealed class LoadGenerator
     /// <summary>Where connection <paramref name="index"/> starts in the pattern (each its own place, as in echoload).</summary>
     internal long StartOffset(int index) => (long)(uint)HashCode.Combine(_options.Seed, index) % PatternLength;
 
-    internal bool Measuring => _phase == 2;
+    internal bool Measuring => _phase == RunPhase.Measuring;
 
-    internal bool Stopping => _phase == 3;
+    internal bool Stopping => _phase == RunPhase.Done;
 
     /// <summary>The calling thread's histogram (merged with the others at the end).</summary>
     internal LongHistogram ThreadHistogram => _histogram.Value!;
@@ -77,7 +85,7 @@ public sealed class LoadGenerator
 
     public BenchProgress Snapshot()
     {
-        string phase = _phase switch { 0 => "connecting", 1 => "warmup", 2 => "measuring", _ => "done" };
+        string phase = _phase switch { RunPhase.Connecting => "connecting", RunPhase.Warmup => "warmup", RunPhase.Measuring => "measuring", _ => "done" };
         long messages = 0, mismatches = 0, errors = 0;
         int connected = 0;
         lock (_workers)
@@ -213,7 +221,7 @@ public sealed class LoadGenerator
                 _options.Host, _options.Port, FirstConnectError ?? SocketError.ConnectionRefused);
         }
 
-        _phase = 1;
+        _phase = RunPhase.Warmup;
         EpollLoadLoop[] loops = [];
         Task[] runs;
         if (epoll)
@@ -238,14 +246,14 @@ public sealed class LoadGenerator
         }
 
         long windowStart = Stopwatch.GetTimestamp();
-        _phase = 2;
+        _phase = RunPhase.Measuring;
         try
         {
             await WaitOrStopEarlyAsync(_options.Duration, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
-            _phase = 3;
+            _phase = RunPhase.Done;
         }
 
         double seconds = Stopwatch.GetElapsedTime(windowStart).TotalSeconds;

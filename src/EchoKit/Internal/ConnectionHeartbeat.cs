@@ -48,7 +48,7 @@ internal sealed class ConnectionHeartbeat : IDisposable
                 continue; // already ending
             }
 
-            long sendStarted = connection.SendStartedTicks;
+            long sendStarted = connection.SendStartedMs;
             if (_sendMs > 0 && sendStarted != 0 && now - sendStarted >= _sendMs)
             {
                 connection.Abort(CloseReason.SendTimeout, reset: true);

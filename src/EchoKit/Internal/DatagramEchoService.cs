@@ -36,7 +36,7 @@ internal sealed class DatagramEchoService : IDisposable
     private long _droppedUnnamed;
     private long _droppedSelf;
     private long _droppedTooLarge;
-    private long _lastWarningTicks = long.MinValue / 2;
+    private long _lastWarningMs = long.MinValue / 2;
     private volatile bool _closed;
     private UnixSocketFile.Identity? _boundFile;
 
@@ -259,8 +259,8 @@ internal sealed class DatagramEchoService : IDisposable
     {
         Interlocked.Increment(ref counter);
         long now = MonotonicClock.Milliseconds;
-        long last = Interlocked.Read(ref _lastWarningTicks);
-        if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastWarningTicks, now, last) == last)
+        long last = Interlocked.Read(ref _lastWarningMs);
+        if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastWarningMs, now, last) == last)
         {
             Log.DatagramsDropped(_logger, Transport, DropCounts());
         }

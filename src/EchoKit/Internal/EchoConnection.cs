@@ -29,9 +29,9 @@ internal sealed class EchoConnection
     private SocketError _error;
     private volatile bool _finSent;
     private volatile bool _waiting;
-    private long _lastReceiveTicks = MonotonicClock.Milliseconds;
-    private long _sendStartedTicks;
-    private long _lastSendProgressTicks;
+    private long _lastReceiveMs = MonotonicClock.Milliseconds;
+    private long _sendStartedMs;
+    private long _lastSendProgressMs;
     private volatile bool _sinkWaiting;
     private int _lastUnsent; // the heartbeat's alone
     private TaskCompletionSource? _aborted; // made when the connection first waits for the payload sink
@@ -57,17 +57,17 @@ internal sealed class EchoConnection
     public CloseReason Reason => (CloseReason)Volatile.Read(ref _reason);
 
     /// <summary>MonotonicClock.Milliseconds of the last byte received (or of the accept).</summary>
-    public long LastReceiveTicks => Volatile.Read(ref _lastReceiveTicks);
+    public long LastReceiveMs => Volatile.Read(ref _lastReceiveMs);
 
     /// <summary>
     /// Idle means no bytes moving either way for <paramref name="idleMs"/>: not while a send waits for a slow
     /// reader or the payload waits for stdout (backpressure, which the send timeout watches), and not while bytes
     /// wait in the kernel (after a stall the timer can run before the receive loop).
     /// </summary>
-    public bool IsIdle(long nowTicks, long idleMs)
+    public bool IsIdle(long nowMs, long idleMs)
     {
-        if (!_waiting || SendStartedTicks != 0 || _sinkWaiting
-            || nowTicks - Math.Max(LastReceiveTicks, Volatile.Read(ref _lastSendProgressTicks)) < idleMs)
+        if (!_waiting || SendStartedMs != 0 || _sinkWaiting
+            || nowMs - Math.Max(LastReceiveMs, Volatile.Read(ref _lastSendProgressMs)) < idleMs)
         {
             return false; // busy: reading, echoing, or held up by backpressure
         }
@@ -98,7 +98,7 @@ internal sealed class EchoConnection
     }
 
     /// <summary>MonotonicClock.Milliseconds when the pending send started, 0 when none is pending.</summary>
-    public long SendStartedTicks => Volatile.Read(ref _sendStartedTicks);
+    public long SendStartedMs => Volatile.Read(ref _sendStartedMs);
 
     public async Task RunAsync()
     {
@@ -191,7 +191,7 @@ internal sealed class EchoConnection
                         return true;
                     }
 
-                    Volatile.Write(ref _lastReceiveTicks, MonotonicClock.Milliseconds);
+                    Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
                     BytesIn += received;
                     if (_finSent)
                     {
@@ -258,10 +258,10 @@ internal sealed class EchoConnection
             int sent = _socket.Send(data.Span, SocketFlags.None, out SocketError error);
             if (error == SocketError.WouldBlock)
             {
-                Volatile.Write(ref _sendStartedTicks, MonotonicClock.Milliseconds);
+                Volatile.Write(ref _sendStartedMs, MonotonicClock.Milliseconds);
                 sent = await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
-                Volatile.Write(ref _sendStartedTicks, 0);
-                Volatile.Write(ref _lastSendProgressTicks, MonotonicClock.Milliseconds); // a slow reader took it: not idle
+                Volatile.Write(ref _sendStartedMs, 0);
+                Volatile.Write(ref _lastSendProgressMs, MonotonicClock.Milliseconds); // a slow reader took it: not idle
             }
             else if (error != SocketError.Success)
             {
@@ -281,9 +281,9 @@ internal sealed class EchoConnection
     /// sent before the signal has been echoed, including bytes that were still in flight), send
     /// our FIN. The peer then sees EOF and closes, which ends the receive loop without an RST.
     /// </summary>
-    public void TryFinishDrain(long nowTicks, long quietMs)
+    public void TryFinishDrain(long nowMs, long quietMs)
     {
-        if (_finSent || !_waiting || nowTicks - LastReceiveTicks < quietMs)
+        if (_finSent || !_waiting || nowMs - LastReceiveMs < quietMs)
         {
             return;
         }

@@ -136,7 +136,7 @@ internal sealed class StreamListener : IDisposable
     public async Task AcceptLoopAsync(Action<Socket> onAccepted, Action onDescriptorsExhausted)
     {
         var backoff = MinBackoff;
-        long lastLogTicks = long.MinValue / 2;
+        long lastLogMs = long.MinValue / 2;
         long suppressed = 0;
         while (!_closed)
         {
@@ -166,10 +166,10 @@ internal sealed class StreamListener : IDisposable
                 }
 
                 long now = MonotonicClock.Milliseconds;
-                if (now - lastLogTicks >= 1000)
+                if (now - lastLogMs >= 1000)
                 {
                     Log.AcceptFailed(_logger, SocketErrorText.Describe(e.SocketErrorCode), (long)backoff.TotalMilliseconds, suppressed);
-                    lastLogTicks = now;
+                    lastLogMs = now;
                     suppressed = 0;
                 }
                 else

@@ -8,7 +8,7 @@ namespace EchoKit.Internal.Epoll;
 /// thread. An idle connection holds no buffer: bytes the peer would not take are kept in a pooled
 /// buffer only until they are sent, and reading stops meanwhile (so TCP throttles a peer that does not read).
 /// </summary>
-internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? peer, long nowTicks)
+internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? peer, long nowMs)
 {
     public int Fd { get; } = fd;
 
@@ -29,16 +29,16 @@ internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? pe
     public int PendingLength;
 
     /// <summary>MonotonicClock.Milliseconds of the last byte received (or of the accept).</summary>
-    public long LastReceiveTicks = nowTicks;
+    public long LastReceiveMs = nowMs;
 
     /// <summary>MonotonicClock.Milliseconds of the last progress of a send that had been held up (a slow reader).</summary>
-    public long LastSendProgressTicks;
+    public long LastSendProgressMs;
 
     /// <summary>The send queue's length (SIOCOUTQ) at the last idle check: a queue that shrinks is a peer still reading.</summary>
     public int LastUnsent;
 
     /// <summary>MonotonicClock.Milliseconds when sending last made no progress; 0 while nothing is pending.</summary>
-    public long SendBlockedTicks;
+    public long SendBlockedMs;
 
     /// <summary>The events registered with epoll; 0 while not registered (also while hot).</summary>
     public uint Events;

@@ -92,10 +92,10 @@ internal sealed unsafe partial class EpollLoop
         }
 
         long now = MonotonicClock.Milliseconds;
-        if (now - _lastAcceptLogTicks >= 1000)
+        if (now - _lastAcceptLogMs >= 1000)
         {
             Log.AcceptFailed(_logger, SocketErrorText.Describe(Native.ToSocketError(errno)), (long)_backoff.TotalMilliseconds, _suppressedAcceptLogs);
-            _lastAcceptLogTicks = now;
+            _lastAcceptLogMs = now;
             _suppressedAcceptLogs = 0;
         }
         else
@@ -104,9 +104,9 @@ internal sealed unsafe partial class EpollLoop
         }
 
         ListenerRemove();
-        _acceptResumeTicks = now + (long)_backoff.TotalMilliseconds;
+        _acceptResumeMs = now + (long)_backoff.TotalMilliseconds;
         _backoff = _backoff * 2 > MaxBackoff ? MaxBackoff : _backoff * 2;
-        _nextTickTicks = Math.Min(_nextTickTicks, _acceptResumeTicks);
+        _nextTickMs = Math.Min(_nextTickMs, _acceptResumeMs);
     }
 
     private void Admit(int fd, bool tcp, EndPoint? peer)
@@ -146,7 +146,7 @@ internal sealed unsafe partial class EpollLoop
             Array.Resize(ref _byFd, Math.Max(fd + 1, _byFd.Length * 2));
         }
 
-        var c = new EpollConnection(fd, ++_nextSerial, id, peer, _now);
+        var c = new EpollConnection(fd, ++_nextSerial, id, peer, _nowMs);
         _byFd[fd] = c;
         _count++;
         _server.ReportAccepted(id, peer);

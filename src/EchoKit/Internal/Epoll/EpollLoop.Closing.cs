@@ -9,14 +9,14 @@ internal sealed unsafe partial class EpollLoop
     /// <summary>Timeouts, the drain and the accept back-off, every tick (only when one of them is in force).</summary>
     private void Tick(long now)
     {
-        if (!_listening && !_stopAccepting && now >= _acceptResumeTicks)
+        if (!_listening && !_stopAccepting && now >= _acceptResumeMs)
         {
             ListenerAdd();
         }
 
         if (_idleMs > 0 || _sendMs > 0 || _draining)
         {
-            bool deadlinePassed = _draining && now >= _drainDeadlineTicks;
+            bool deadlinePassed = _draining && now >= _drainDeadlineMs;
             if (deadlinePassed && _count > 0)
             {
                 _server.CountAbortingAtShutdown(_count); // the server logs the sum once, not one line per loop
@@ -34,11 +34,11 @@ internal sealed unsafe partial class EpollLoop
                 {
                     Close(c, CloseReason.ShutdownTimeout, Ending.Reset);
                 }
-                else if (_sendMs > 0 && c.SendBlockedTicks != 0 && now - c.SendBlockedTicks >= _sendMs)
+                else if (_sendMs > 0 && c.SendBlockedMs != 0 && now - c.SendBlockedMs >= _sendMs)
                 {
                     // The peer may have read while this loop could not look (a stall, SIGSTOP): try once more.
                     OnWritable(c);
-                    if (_byFd[fd] == c && c.SendBlockedTicks != 0 && now - c.SendBlockedTicks >= _sendMs)
+                    if (_byFd[fd] == c && c.SendBlockedMs != 0 && now - c.SendBlockedMs >= _sendMs)
                     {
                         Close(c, CloseReason.SendTimeout, Ending.Reset);
                     }
@@ -47,7 +47,7 @@ internal sealed unsafe partial class EpollLoop
                 {
                     Close(c, CloseReason.IdleTimeout, Ending.ShutdownBoth);
                 }
-                else if (_draining && !c.FinSent && c.PendingBytes == 0 && !c.SinkBlocked && now - c.LastReceiveTicks >= _quietMs)
+                else if (_draining && !c.FinSent && c.PendingBytes == 0 && !c.SinkBlocked && now - c.LastReceiveMs >= _quietMs)
                 {
                     // Echoed what it had and gone quiet: say goodbye; the peer's close ends it.
                     c.FinSent = true;
@@ -68,10 +68,10 @@ internal sealed unsafe partial class EpollLoop
 
         if (!_listening && !_stopAccepting)
         {
-            next = Math.Min(next, _acceptResumeTicks);
+            next = Math.Min(next, _acceptResumeMs);
         }
 
-        _nextTickTicks = next;
+        _nextTickMs = next;
     }
 
     /// <summary>
@@ -82,14 +82,14 @@ internal sealed unsafe partial class EpollLoop
     /// </summary>
     private bool IsIdle(EpollConnection c, long now)
     {
-        if (c.PendingBytes > 0 || c.SinkBlocked || now - Math.Max(c.LastReceiveTicks, c.LastSendProgressTicks) < _idleMs)
+        if (c.PendingBytes > 0 || c.SinkBlocked || now - Math.Max(c.LastReceiveMs, c.LastSendProgressMs) < _idleMs)
         {
             return false;
         }
 
         if (Native.BytesReadable(c.Fd) > 0)
         {
-            c.LastReceiveTicks = now; // read on the next turn
+            c.LastReceiveMs = now; // read on the next turn
             return false;
         }
 

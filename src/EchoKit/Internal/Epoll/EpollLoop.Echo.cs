@@ -49,7 +49,7 @@ internal sealed unsafe partial class EpollLoop
     /// <summary>Echoes <paramref name="n"/> bytes just read into the loop's buffer; false if the connection ended.</summary>
     private bool Echo(EpollConnection c, int n)
     {
-        c.LastReceiveTicks = _now;
+        c.LastReceiveMs = _nowMs;
         c.BytesIn += n;
         if (c.FinSent)
         {
@@ -140,7 +140,7 @@ internal sealed unsafe partial class EpollLoop
             c.Pending = pending;
             c.PendingOffset = 0;
             c.PendingLength = rest;
-            c.SendBlockedTicks = _now;
+            c.SendBlockedMs = _nowMs;
             UpdateEvents(c);
         }
 
@@ -195,8 +195,8 @@ internal sealed unsafe partial class EpollLoop
         if (sent > 0)
         {
             c.PendingOffset += sent;
-            c.SendBlockedTicks = _now; // progress: the send timeout counts from here
-            c.LastSendProgressTicks = _now; // and bytes moving to the peer are not idleness
+            c.SendBlockedMs = _nowMs; // progress: the send timeout counts from here
+            c.LastSendProgressMs = _nowMs; // and bytes moving to the peer are not idleness
         }
 
         if (c.PendingBytes > 0)
@@ -223,6 +223,6 @@ internal sealed unsafe partial class EpollLoop
 
         c.Pending = null;
         c.PendingOffset = c.PendingLength = 0;
-        c.SendBlockedTicks = 0;
+        c.SendBlockedMs = 0;
     }
 }

@@ -115,7 +115,7 @@ internal sealed unsafe partial class EpollLoop
         if (_sweepMisses * 4 > _sweepHits)
         {
             CoolAll();
-            _hotRetryMs = _now + _hotBackoffMs;
+            _hotRetryMs = _nowMs + _hotBackoffMs;
             _hotBackoffMs = Math.Min(_hotBackoffMs * 2, HotBackoffMaxMs);
         }
         else

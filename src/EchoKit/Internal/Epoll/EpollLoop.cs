@@ -59,15 +59,15 @@ internal sealed unsafe partial class EpollLoop
     private bool _listening;
     private bool _stopAccepting;
     private TimeSpan _backoff = MinBackoff;
-    private long _acceptResumeTicks;
-    private long _lastAcceptLogTicks = long.MinValue / 2;
+    private long _acceptResumeMs;
+    private long _lastAcceptLogMs = long.MinValue / 2;
     private long _suppressedAcceptLogs;
     private bool _draining;
-    private long _drainDeadlineTicks;
+    private long _drainDeadlineMs;
     private long _quietMs;
-    private long _nextTickTicks;
+    private long _nextTickMs;
     private bool _closed; // under the _commands lock: the eventfd is gone
-    private long _now = MonotonicClock.Milliseconds; // MonotonicClock.Milliseconds after the last epoll_wait
+    private long _nowMs = MonotonicClock.Milliseconds; // MonotonicClock.Milliseconds after the last epoll_wait
     private readonly long _busyPollTicks; // Stopwatch ticks; 0: never poll, sleep at once
     private readonly long _gapCapTicks;
     private long _gapTicks; // moving average of the time the loop waited for its next events
@@ -164,15 +164,15 @@ internal sealed unsafe partial class EpollLoop
 
     /// <summary>
     /// Graceful stop: each connection gets our FIN once it has echoed everything and been quiet for
-    /// <paramref name="quietMs"/>, and ends when the peer closes; at <paramref name="deadlineTicks"/> what
+    /// <paramref name="quietMs"/>, and ends when the peer closes; at <paramref name="deadlineMs"/> what
     /// is left is reset. The loop then exits.
     /// </summary>
-    public void Drain(long deadlineTicks, long quietMs) => _ = Post(() =>
+    public void Drain(long deadlineMs, long quietMs) => _ = Post(() =>
     {
         _draining = true;
-        _drainDeadlineTicks = deadlineTicks;
+        _drainDeadlineMs = deadlineMs;
         _quietMs = quietMs;
-        _nextTickTicks = 0;
+        _nextTickMs = 0;
     });
 
     private void Run()
@@ -226,7 +226,7 @@ internal sealed unsafe partial class EpollLoop
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ProcessBatch(Native.EpollEvent* events, int n)
     {
-        _now = MonotonicClock.Milliseconds; // one clock read per batch, not per message
+        _nowMs = MonotonicClock.Milliseconds; // one clock read per batch, not per message
         if (_hotCount > 0)
         {
             Sweep();
@@ -242,9 +242,9 @@ internal sealed unsafe partial class EpollLoop
             AcceptReady();
         }
 
-        if (_now >= _nextTickTicks)
+        if (_nowMs >= _nextTickMs)
         {
-            Tick(_now);
+            Tick(_nowMs);
         }
     }
 
@@ -302,12 +302,12 @@ internal sealed unsafe partial class EpollLoop
     /// <summary>How long epoll_wait may sleep: until the next tick when one is due, forever otherwise.</summary>
     private int WaitMs()
     {
-        if (_nextTickTicks == long.MaxValue)
+        if (_nextTickMs == long.MaxValue)
         {
             return -1;
         }
 
-        long wait = _nextTickTicks - MonotonicClock.Milliseconds;
+        long wait = _nextTickMs - MonotonicClock.Milliseconds;
         return wait <= 0 ? 0 : (int)Math.Min(wait, int.MaxValue);
     }
 
@@ -346,7 +346,7 @@ internal sealed unsafe partial class EpollLoop
         else
         {
             OnReadable(connection, events); // EPOLLIN, or RDHUP/HUP/ERR: recv reports EOF or the error
-            if (_busyPollTicks > 0 && _gapTicks <= _busyPollTicks && !_draining && _now >= _hotRetryMs
+            if (_busyPollTicks > 0 && _gapTicks <= _busyPollTicks && !_draining && _nowMs >= _hotRetryMs
                 && _byFd[fd] == connection && connection.Events == EpollConnection.ReadEvents)
             {
                 MakeHot(connection);
