@@ -24,4 +24,6 @@ public enum CloseReason
     ServerBusy,
     /// <summary>A socket error other than a reset; see the recorded <see cref="System.Net.Sockets.SocketError"/>.</summary>
     Error,
+    /// <summary>Refused by a connection stage before the greeting; <see cref="ClosedConnection.Detail"/> says why.</summary>
+    Refused,
 }

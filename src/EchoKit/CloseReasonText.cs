@@ -14,6 +14,7 @@ internal static class CloseReasonText
         CloseReason.SendTimeout => "send timeout",
         CloseReason.ServerBusy => "server busy",
         CloseReason.Error => "error",
+        CloseReason.Refused => "refused",
         _ => reason.ToString(),
     };
 }

@@ -11,4 +11,8 @@ public sealed record ClosedConnection(
     SocketError Error,
     long BytesIn,
     long BytesOut,
-    TimeSpan Duration);
+    TimeSpan Duration)
+{
+    /// <summary>Why, in words, where the reason alone does not say it (a stage's refusal).</summary>
+    public string? Detail { get; init; }
+}

@@ -25,13 +25,50 @@ public sealed partial class EchoServer
         Admitted,
         Busy,
         Stopping,
+        Refused,
     }
 
     /// <summary>
     /// Counts a new connection (its <paramref name="descriptor"/>) in, or says why not: over the limit,
-    /// too close to the descriptor limit, or accepted as the server stops.
+    /// too close to the descriptor limit, accepted as the server stops, or refused by a connection stage
+    /// (which may also replace <paramref name="peer"/>). A refused connection is the caller's to close, then
+    /// to report with <see cref="ReportRefused"/>.
     /// </summary>
-    internal Admission Admit(int descriptor, out long id)
+    internal Admission Admit(int descriptor, ref EndPoint? peer, out long id, out string? refusal)
+    {
+        refusal = null;
+        var admission = AdmitWithinLimits(descriptor, out id);
+        if (admission != Admission.Admitted || Options.Stages.Count == 0)
+        {
+            return admission;
+        }
+
+        var context = new Internal.Stages.ConnectionContext(id, descriptor, peer);
+        foreach (var stage in Options.Stages)
+        {
+            var verdict = stage.OnAccepted(context);
+            if (verdict.Refused)
+            {
+                Interlocked.Decrement(ref _activeCount);
+                refusal = verdict.RefusedBecause;
+                peer = context.Peer;
+                return Admission.Refused;
+            }
+        }
+
+        peer = context.Peer;
+        return Admission.Admitted;
+    }
+
+    /// <summary>A connection a stage refused (already closed by its engine): logged with the stage's reason and announced.</summary>
+    internal void ReportRefused(long id, EndPoint? peer, string reason)
+    {
+        var closed = new ClosedConnection(id, peer, CloseReason.Refused, SocketError.Success, 0, 0, TimeSpan.Zero) { Detail = reason };
+        LogClosed(closed);
+        ConnectionClosed?.Invoke(closed);
+    }
+
+    private Admission AdmitWithinLimits(int descriptor, out long id)
     {
         id = Interlocked.Increment(ref _nextId);
         if (DescriptorBudget.NearLimit(descriptor, out long limit))
@@ -159,7 +196,7 @@ public sealed partial class EchoServer
         Log.DescriptorLimited(_logger, _startConnectionLimit, "restored: the descriptor limit is back to " + _startDescriptorLimit.ToString(System.Globalization.CultureInfo.InvariantCulture));
     }
 
-    private void RefuseBusy(long id, Socket socket)
+    internal void RefuseBusy(long id, Socket socket)
     {
         var peer = EndPointText.PeerOf(socket);
         try

@@ -1,5 +1,4 @@
 using EchoKit.Internal;
-using EchoKit.Internal.Epoll;
 
 namespace EchoKit;
 
@@ -20,71 +19,20 @@ public sealed partial class EchoServer
         return _stopTask = StopCoreAsync();
     }
 
+    /// <summary>
+    /// The one stop path, whatever the engine: stop accepting, close the listeners and datagram services,
+    /// drain the engine until the shutdown timeout, say how many were reset, and say stopped.
+    /// </summary>
     private async Task StopCoreAsync()
     {
-        if (_loops is { } loops)
+        if (_engine is { } engine)
         {
-            await StopLoopsAsync(loops).ConfigureAwait(false);
-            return;
+            await engine.StopAcceptingAsync().ConfigureAwait(false);
         }
 
         foreach (var listener in _listeners)
         {
-            listener.Dispose();
-        }
-
-        await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
-        foreach (var datagrams in _datagramServices)
-        {
-            datagrams.Dispose();
-        }
-
-        // No accept runs any more, so no connection is added from here on.
-        Log.ShuttingDown(_logger, _connections.Count, (long)Options.ShutdownTimeout.TotalMilliseconds);
-        if (_connections.IsEmpty)
-        {
-            _drained.TrySetResult();
-        }
-
-        var all = _drained.Task;
-        long deadline = MonotonicClock.Milliseconds + (long)Options.ShutdownTimeout.TotalMilliseconds;
-        long quietMs = Math.Min(DrainQuietMs, (long)Options.ShutdownTimeout.TotalMilliseconds / 4);
-        using var tick = new PeriodicTimer(TimeSpan.FromMilliseconds(10));
-        while (!all.IsCompleted && MonotonicClock.Milliseconds < deadline)
-        {
-            // Each connection says goodbye (FIN) once it has echoed what it had and gone quiet.
-            long now = MonotonicClock.Milliseconds;
-            foreach (var connection in _connections.Values)
-            {
-                connection.TryFinishDrain(now, quietMs);
-            }
-
-            await Task.WhenAny(all, tick.WaitForNextTickAsync().AsTask()).ConfigureAwait(false);
-        }
-
-        if (!all.IsCompleted)
-        {
-            var left = _connections.Values.ToArray();
-            Log.AbortingAtShutdown(_logger, left.Length);
-            foreach (var connection in left)
-            {
-                connection.Abort(CloseReason.ShutdownTimeout, reset: true);
-            }
-
-            await all.ConfigureAwait(false);
-        }
-
-        _heartbeat?.Dispose();
-        ReportStopped();
-    }
-
-    /// <summary>The epoll engine's graceful stop: the loops stop accepting, drain, and exit.</summary>
-    private async Task StopLoopsAsync(EpollLoop[] loops)
-    {
-        await Task.WhenAll(loops.Select(l => l.StopAcceptingAsync())).ConfigureAwait(false);
-        foreach (var listener in _listeners)
-        {
-            listener.Dispose(); // no loop accepts from it any more
+            listener.Dispose(); // no engine accepts from it any more
         }
 
         foreach (var datagrams in _datagramServices)
@@ -93,17 +41,12 @@ public sealed partial class EchoServer
         }
 
         Log.ShuttingDown(_logger, ActiveConnections, (long)Options.ShutdownTimeout.TotalMilliseconds);
-        long deadline = MonotonicClock.Milliseconds + (long)Options.ShutdownTimeout.TotalMilliseconds;
+        long deadlineMs = MonotonicClock.Milliseconds + (long)Options.ShutdownTimeout.TotalMilliseconds;
         long quietMs = Math.Min(DrainQuietMs, (long)Options.ShutdownTimeout.TotalMilliseconds / 4);
-        foreach (var loop in loops)
+        int aborted = _engine is null ? 0 : await _engine.DrainAsync(deadlineMs, quietMs).ConfigureAwait(false);
+        if (aborted > 0)
         {
-            loop.Drain(deadline, quietMs);
-        }
-
-        await Task.WhenAll(loops.Select(l => l.Exited)).ConfigureAwait(false);
-        if (Volatile.Read(ref _abortedAtShutdown) is > 0 and int aborted)
-        {
-            Log.AbortingAtShutdown(_logger, aborted); // one line for all loops, as the Socket engine writes it
+            Log.AbortingAtShutdown(_logger, aborted); // one line for all connections, whatever the engine
         }
 
         ReportStopped();

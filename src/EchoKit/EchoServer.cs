@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
 using EchoKit.Internal;
@@ -21,12 +20,8 @@ public sealed partial class EchoServer : IAsyncDisposable
 
     private readonly ILogger _logger;
     private readonly List<StreamListener> _listeners = [];
-    private readonly List<Task> _acceptLoops = [];
     private readonly List<DatagramEchoService> _datagramServices = [];
-    private readonly ConcurrentDictionary<long, EchoConnection> _connections = new();
-    private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private ConnectionHeartbeat? _heartbeat;
-    private EpollLoop[]? _loops;
+    private IStreamEngine? _engine;
     private (int Limit, byte[] Line)? _busyLine;
     private int _connectionLimit; // 0: unlimited; lowered under _limitLock when descriptors run short
     private readonly Lock _limitLock = new();
@@ -168,37 +163,20 @@ public sealed partial class EchoServer : IAsyncDisposable
             ReportListening(EndPointText.Format(listener.LocalEndPoint) + (listener.IsDualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
         }
 
-        if (UsesEpoll)
-        {
-            var descriptors = _listeners.Select(l => l.DescriptorForEpoll()).ToArray();
-            int count = Options.EngineLoops > 0 ? Options.EngineLoops : Environment.ProcessorCount;
-            _loops = new EpollLoop[_listeners.Count == 0 ? 0 : count];
-            for (int i = 0; i < _loops.Length; i++)
-            {
-                _loops[i] = new EpollLoop(i, this, _logger, descriptors);
-            }
-
-            return;
-        }
-
-        if (Options.IdleTimeout > TimeSpan.Zero || Options.SendTimeout > TimeSpan.Zero)
-        {
-            _heartbeat = new ConnectionHeartbeat(Options.IdleTimeout, Options.SendTimeout,
-                () => _connections.Values);
-        }
-
-        foreach (var listener in _listeners)
-        {
-            _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(OnAccepted, OnDescriptorsExhausted)));
-        }
+        // The engine is chosen here, once; from here on the server never asks which one it has.
+        _engine = UsesEpoll
+            ? new EpollStreamEngine(this, _logger, _listeners)
+            : new Internal.Sockets.SocketStreamEngine(this, _listeners);
+        _engine.Start();
     }
 
     /// <summary>Refuses to start, with what is needed, where the descriptor limit leaves no room to serve anyone.</summary>
     private void EnsureEnoughDescriptors()
     {
         int sockets = Options.UnixPath is not null ? 1 : AddressesToBind().Count() * ((Options.Tcp ? 1 : 0) + (Options.Udp ? 1 : 0));
-        int loops = Options.Tcp && UsesEpoll ? (Options.EngineLoops > 0 ? Options.EngineLoops : Environment.ProcessorCount) : 0;
-        if (DescriptorBudget.Shortfall(sockets + 2 * loops) is { } shortfall)
+        int engine = Options.Tcp && UsesEpoll ? EpollStreamEngine.DescriptorsNeeded(Options) : 0;
+        int loops = engine / 2;
+        if (DescriptorBudget.Shortfall(sockets + engine) is { } shortfall)
         {
             Exchange(ServerState.New);
             throw new ListenFailedException(
@@ -213,12 +191,7 @@ public sealed partial class EchoServer : IAsyncDisposable
     public static bool EpollSupported => Native.IsSupported;
 
     /// <summary>Whether stream connections run on the epoll engine (<see cref="EchoEngine"/>).</summary>
-    public bool UsesEpoll => Options.Engine switch
-    {
-        EchoEngine.Socket => false,
-        EchoEngine.Epoll => Native.IsSupported ? true : throw new PlatformNotSupportedException("The epoll engine runs on Linux x86-64 only."),
-        _ => Native.IsSupported,
-    };
+    public bool UsesEpoll => EngineChoice.UsesEpoll(Options.Engine);
 
     /// <summary>The connection limit in force: --max-connections, lowered to what the descriptor limit allows.</summary>
     public int ConnectionLimit => _connectionLimit;
@@ -240,11 +213,6 @@ public sealed partial class EchoServer : IAsyncDisposable
 
     internal void ReportAccepted(long id, EndPoint? peer) => Log.Accepted(_logger, id, EndPointText.Format(peer));
 
-    private int _abortedAtShutdown;
-
-    /// <summary>A loop aborts its connections at the shutdown timeout; the server logs the total once they have all done so.</summary>
-    internal void CountAbortingAtShutdown(int count) => Interlocked.Add(ref _abortedAtShutdown, count);
-
     /// <summary>A connection has ended: uncounted, logged, and announced.</summary>
     internal void ReportClosed(ClosedConnection closed)
     {
@@ -264,52 +232,7 @@ public sealed partial class EchoServer : IAsyncDisposable
 
     private void LogClosed(ClosedConnection closed)
     {
-        Log.Closed(_logger, closed.Id, EndPointText.Format(closed.Peer), Log.ReasonText(closed.Reason, closed.Error),
+        Log.Closed(_logger, closed.Id, EndPointText.Format(closed.Peer), Log.ReasonText(closed.Reason, closed.Error, closed.Detail),
             closed.BytesIn, closed.BytesOut, (long)closed.Duration.TotalMilliseconds);
-    }
-
-    private void OnAccepted(Socket socket)
-    {
-        switch (Admit((int)socket.Handle, out long id))
-        {
-            case Admission.Busy:
-                RefuseBusy(id, socket);
-                return;
-            case Admission.Stopping:
-                socket.Dispose(); // accepted in the instant the listener was closing
-                return;
-        }
-
-        try
-        {
-            if (socket.ProtocolType == ProtocolType.Tcp)
-            {
-                socket.NoDelay = Options.NoDelay;
-                socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.OutOfBandInline, true); // urgent bytes echoed in place
-            }
-        }
-        catch (SocketException)
-        {
-            // The peer is already gone; the connection's first call will say so.
-        }
-
-        var connection = new EchoConnection(id, socket, this);
-        Log.Accepted(_logger, id, EndPointText.Format(connection.Peer));
-        // Registered before it runs, so that its close always finds the entry to remove. Nothing keeps
-        // its Task: the connection reports its own end (OnConnectionClosed), which is all StopAsync needs.
-        _connections[id] = connection;
-        _ = connection.RunAsync();
-    }
-
-    internal void OnConnectionClosed(EchoConnection connection, ClosedConnection closed)
-    {
-        // Logged and announced before the stop can see the server drained: otherwise the "stopped" line,
-        // and the process's exit, could overtake this connection's "closed" line.
-        ReportClosed(closed);
-        _connections.TryRemove(connection.Id, out _);
-        if (State == ServerState.Stopping && _connections.IsEmpty)
-        {
-            _drained.TrySetResult();
-        }
     }
 }

@@ -73,6 +73,9 @@ public sealed record EchoServerOptions
     /// <summary>How stream connections (TCP, Unix) are served; see <see cref="EchoEngine"/>.</summary>
     public EchoEngine Engine { get; init; } = EchoEngine.Auto;
 
+    /// <summary>The steps every stream connection goes through after admission and before its greeting, in order.</summary>
+    internal IReadOnlyList<Internal.Stages.IConnectionStage> Stages { get; init; } = [];
+
     /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
     public int EngineLoops { get; init; }
 

@@ -60,12 +60,7 @@ public sealed class LoadGenerator
     internal byte[] PatternArray => _pattern;
 
     /// <summary>Whether stream connections run on <see cref="EpollLoadLoop"/>s.</summary>
-    private bool UsesEpoll => !_options.Udp && _options.Engine switch
-    {
-        EchoEngine.Socket => false,
-        EchoEngine.Epoll => Internal.Epoll.Native.IsSupported ? true : throw new PlatformNotSupportedException("The epoll engine runs on Linux x86-64 only."),
-        _ => Internal.Epoll.Native.IsSupported,
-    };
+    private bool UsesEpoll => !_options.Udp && Internal.EngineChoice.UsesEpoll(_options.Engine);
 
     internal ReadOnlySpan<byte> Pattern(long position, int length) => _pattern.AsSpan((int)(position % PatternLength), length);
 

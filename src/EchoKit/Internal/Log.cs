@@ -58,8 +58,9 @@ internal static partial class Log
     public static partial void Stopped(ILogger logger, long allocatedBytes);
 
     /// <summary>"closed by peer", "reset by peer (ECONNRESET)", "error: No route to host (EHOSTUNREACH)".</summary>
-    public static string ReasonText(CloseReason reason, SocketError error) => (reason, error) switch
+    public static string ReasonText(CloseReason reason, SocketError error, string? detail = null) => (reason, error) switch
     {
+        (CloseReason.Refused, _) when detail is not null => $"{reason.Describe()}: {detail}",
         (CloseReason.PeerReset, not SocketError.Success) => $"{reason.Describe()} ({SocketErrorText.Of(error).Errno})",
         (CloseReason.Error, not SocketError.Success) => $"{reason.Describe()}: {SocketErrorText.Describe(error)}",
         _ => reason.Describe(),

@@ -12,9 +12,6 @@ namespace EchoKit.Internal;
 /// </summary>
 internal sealed class StreamListener : IDisposable
 {
-    private static readonly TimeSpan MinBackoff = TimeSpan.FromMilliseconds(5);
-    private static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(1);
-
     private readonly Socket _socket;
     private readonly ILogger _logger;
     private volatile bool _closed;
@@ -135,9 +132,7 @@ internal sealed class StreamListener : IDisposable
     /// <summary>Accepts until <see cref="Dispose"/>; hands each socket to <paramref name="onAccepted"/>.</summary>
     public async Task AcceptLoopAsync(Action<Socket> onAccepted, Action onDescriptorsExhausted)
     {
-        var backoff = MinBackoff;
-        long lastLogMs = long.MinValue / 2;
-        long suppressed = 0;
+        var backoff = new AcceptBackoff(_logger);
         while (!_closed)
         {
             Socket accepted;
@@ -153,7 +148,7 @@ internal sealed class StreamListener : IDisposable
             {
                 return;
             }
-            catch (SocketException e) when (IsPendingConnectionError(e.SocketErrorCode))
+            catch (SocketException e) when (AcceptBackoff.IsPendingConnectionError(e.SocketErrorCode))
             {
                 // That one connection died in the backlog; the listener is fine.
                 continue;
@@ -165,24 +160,11 @@ internal sealed class StreamListener : IDisposable
                     onDescriptorsExhausted();
                 }
 
-                long now = MonotonicClock.Milliseconds;
-                if (now - lastLogMs >= 1000)
-                {
-                    Log.AcceptFailed(_logger, SocketErrorText.Describe(e.SocketErrorCode), (long)backoff.TotalMilliseconds, suppressed);
-                    lastLogMs = now;
-                    suppressed = 0;
-                }
-                else
-                {
-                    suppressed++;
-                }
-
-                await Task.Delay(backoff).ConfigureAwait(false);
-                backoff = backoff * 2 > MaxBackoff ? MaxBackoff : backoff * 2;
+                await Task.Delay(backoff.Failed(e.SocketErrorCode)).ConfigureAwait(false);
                 continue;
             }
 
-            backoff = MinBackoff;
+            backoff.Succeeded();
             try
             {
                 onAccepted(accepted);
@@ -195,11 +177,6 @@ internal sealed class StreamListener : IDisposable
             }
         }
     }
-
-    private static bool IsPendingConnectionError(SocketError error) =>
-        error is SocketError.ConnectionAborted or SocketError.ConnectionReset or SocketError.NetworkReset
-            or SocketError.Interrupted or SocketError.WouldBlock or SocketError.TimedOut or SocketError.HostUnreachable
-            or SocketError.NetworkUnreachable or SocketError.ProtocolNotSupported;
 
     /// <summary>Stops accepting: closes the listening socket (new connections are refused from here on).</summary>
     public void Dispose()

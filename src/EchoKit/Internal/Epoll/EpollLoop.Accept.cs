@@ -70,16 +70,16 @@ internal sealed unsafe partial class EpollLoop
                     return;
                 }
 
-                if (errno is Native.EMFILE or Native.ENFILE or Native.ENOBUFS or Native.ENOMEM)
+                if (errno == Native.EPROTO || AcceptBackoff.IsPendingConnectionError(Native.ToSocketError(errno)))
                 {
-                    BackOffAccepting(errno);
-                    return;
+                    continue; // that one connection died in the backlog (ECONNABORTED, EPROTO, ...): the listener is fine
                 }
 
-                continue; // that one connection died in the backlog (ECONNABORTED, EPROTO, ...): the listener is fine
+                BackOffAccepting(errno);
+                return;
             }
 
-            _backoff = MinBackoff;
+            _backoff.Succeeded();
             Admit(fd, tcp, PeerOf(address, length));
         }
     }
@@ -91,28 +91,20 @@ internal sealed unsafe partial class EpollLoop
             _server.OnDescriptorsExhausted();
         }
 
-        long now = MonotonicClock.Milliseconds;
-        if (now - _lastAcceptLogMs >= 1000)
-        {
-            Log.AcceptFailed(_logger, SocketErrorText.Describe(Native.ToSocketError(errno)), (long)_backoff.TotalMilliseconds, _suppressedAcceptLogs);
-            _lastAcceptLogMs = now;
-            _suppressedAcceptLogs = 0;
-        }
-        else
-        {
-            _suppressedAcceptLogs++;
-        }
-
+        var delay = _backoff.Failed(Native.ToSocketError(errno));
         ListenerRemove();
-        _acceptResumeMs = now + (long)_backoff.TotalMilliseconds;
-        _backoff = _backoff * 2 > MaxBackoff ? MaxBackoff : _backoff * 2;
+        _acceptResumeMs = MonotonicClock.Milliseconds + (long)delay.TotalMilliseconds;
         _nextTickMs = Math.Min(_nextTickMs, _acceptResumeMs);
     }
 
     private void Admit(int fd, bool tcp, EndPoint? peer)
     {
-        switch (_server.Admit(fd, out long id))
+        switch (_server.Admit(fd, ref peer, out long id, out string? refusal))
         {
+            case EchoServer.Admission.Refused:
+                Native.Close(fd); // no greeting, nothing sent: a stage said no
+                _server.ReportRefused(id, peer, refusal!);
+                return;
             case EchoServer.Admission.Busy:
                 // Read once: the line changes with the limit, and another thread may lower it between two reads,
                 // which sent the length of one array from another (a read past the end of the shorter).

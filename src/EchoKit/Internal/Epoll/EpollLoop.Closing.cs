@@ -14,12 +14,12 @@ internal sealed unsafe partial class EpollLoop
             ListenerAdd();
         }
 
-        if (_idleMs > 0 || _sendMs > 0 || _draining)
+        if (_policy.Any || _draining)
         {
             bool deadlinePassed = _draining && now >= _drainDeadlineMs;
             if (deadlinePassed && _count > 0)
             {
-                _server.CountAbortingAtShutdown(_count); // the server logs the sum once, not one line per loop
+                _engine.CountAborted(_count); // the server logs the sum once, not one line per loop
             }
 
             var all = _byFd;
@@ -34,20 +34,24 @@ internal sealed unsafe partial class EpollLoop
                 {
                     Close(c, CloseReason.ShutdownTimeout, Ending.Reset);
                 }
-                else if (_sendMs > 0 && c.SendBlockedMs != 0 && now - c.SendBlockedMs >= _sendMs)
+                else if (_policy.Check(now, c.LastReceiveMs, c.LastSendProgressMs, c.SendBlockedMs, c.SinkBlocked) is var verdict
+                    && verdict != CloseReason.None)
                 {
-                    // The peer may have read while this loop could not look (a stall, SIGSTOP): try once more.
-                    OnWritable(c);
-                    if (_byFd[fd] == c && c.SendBlockedMs != 0 && now - c.SendBlockedMs >= _sendMs)
+                    if (verdict == CloseReason.SendTimeout)
                     {
-                        Close(c, CloseReason.SendTimeout, Ending.Reset);
+                        // The peer may have read while this loop could not look (a stall, SIGSTOP): try once more.
+                        OnWritable(c);
+                        if (_byFd[fd] == c && _policy.Check(now, c.LastReceiveMs, c.LastSendProgressMs, c.SendBlockedMs, c.SinkBlocked) == CloseReason.SendTimeout)
+                        {
+                            Close(c, CloseReason.SendTimeout, Ending.Reset);
+                        }
+                    }
+                    else if (!TimeoutPolicy.KernelSaysActive(c.Fd, ref c.LastUnsent))
+                    {
+                        Close(c, CloseReason.IdleTimeout, Ending.ShutdownBoth);
                     }
                 }
-                else if (_idleMs > 0 && IsIdle(c, now))
-                {
-                    Close(c, CloseReason.IdleTimeout, Ending.ShutdownBoth);
-                }
-                else if (_draining && !c.FinSent && c.PendingBytes == 0 && !c.SinkBlocked && now - c.LastReceiveMs >= _quietMs)
+                else if (_draining && TimeoutPolicy.ReadyForFin(now, c.LastReceiveMs, _quietMs, c.FinSent, busy: c.PendingBytes > 0 || c.SinkBlocked))
                 {
                     // Echoed what it had and gone quiet: say goodbye; the peer's close ends it.
                     c.FinSent = true;
@@ -72,37 +76,6 @@ internal sealed unsafe partial class EpollLoop
         }
 
         _nextTickMs = next;
-    }
-
-    /// <summary>
-    /// Idle means no bytes moving either way for the idle timeout. A connection held up by backpressure (its
-    /// echo waiting for a slow reader, or stdout) is not idle: the send timeout watches it. Bytes waiting in
-    /// the kernel are activity too: after a stall (SIGSTOP, a long GC) the tick can come before the events
-    /// that would have read them; and so are our bytes leaving the kernel's send queue.
-    /// </summary>
-    private bool IsIdle(EpollConnection c, long now)
-    {
-        if (c.PendingBytes > 0 || c.SinkBlocked || now - Math.Max(c.LastReceiveMs, c.LastSendProgressMs) < _idleMs)
-        {
-            return false;
-        }
-
-        if (Native.BytesReadable(c.Fd) > 0)
-        {
-            c.LastReceiveMs = now; // read on the next turn
-            return false;
-        }
-
-        // Our echo still draining from the kernel's send queue to a slow reader is bytes moving too; a queue
-        // that has not shrunk since the last check (a tick ago) is a peer that stopped reading.
-        int unsent = Native.BytesUnsent(c.Fd);
-        if (unsent > 0 && unsent != c.LastUnsent)
-        {
-            c.LastUnsent = unsent;
-            return false;
-        }
-
-        return true;
     }
 
     private enum Ending

@@ -36,8 +36,6 @@ internal sealed unsafe partial class EpollLoop
     private const int HotSample = 4096; // sweep reads per verdict on whether polling pays
     private const long HotBackoffMinMs = 100;
     private const long HotBackoffMaxMs = 3200;
-    private static readonly TimeSpan MinBackoff = TimeSpan.FromMilliseconds(5);
-    private static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(1);
 
     private readonly EchoServer _server;
     private readonly ILogger _logger;
@@ -50,18 +48,16 @@ internal sealed unsafe partial class EpollLoop
     private readonly byte* _bufferPointer;
     private readonly ConcurrentQueue<Action> _commands = new();
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly long _idleMs;
-    private readonly long _sendMs;
+    private readonly TimeoutPolicy _policy;
+    private readonly EpollStreamEngine _engine;
     private readonly int _timeoutTickMs;
     private EpollConnection?[] _byFd = new EpollConnection?[1024];
     private int _count;
     private uint _nextSerial;
     private bool _listening;
     private bool _stopAccepting;
-    private TimeSpan _backoff = MinBackoff;
+    private readonly AcceptBackoff _backoff;
     private long _acceptResumeMs;
-    private long _lastAcceptLogMs = long.MinValue / 2;
-    private long _suppressedAcceptLogs;
     private bool _draining;
     private long _drainDeadlineMs;
     private long _quietMs;
@@ -83,19 +79,18 @@ internal sealed unsafe partial class EpollLoop
     private long _hotRetryMs; // MonotonicClock.Milliseconds before which no connection becomes hot
     private long _hotBackoffMs = HotBackoffMinMs;
 
-    public EpollLoop(int index, EchoServer server, ILogger logger, (int Fd, bool Tcp)[] listeners)
+    public EpollLoop(int index, EchoServer server, EpollStreamEngine engine, ILogger logger, (int Fd, bool Tcp)[] listeners)
     {
         _index = index;
         _server = server;
+        _engine = engine;
         _logger = logger;
+        _backoff = new AcceptBackoff(logger);
         _listeners = listeners;
         _listenerReady = new bool[listeners.Length];
         var options = server.Options;
-        _idleMs = (long)options.IdleTimeout.TotalMilliseconds;
-        _sendMs = (long)options.SendTimeout.TotalMilliseconds;
-        _timeoutTickMs = _idleMs > 0 || _sendMs > 0
-            ? (int)ConnectionHeartbeat.PickInterval(options.IdleTimeout, options.SendTimeout).TotalMilliseconds
-            : -1;
+        _policy = new TimeoutPolicy(options.IdleTimeout, options.SendTimeout);
+        _timeoutTickMs = _policy.Any ? (int)_policy.CheckInterval.TotalMilliseconds : -1;
         _busyPollTicks = (long)(options.BusyPoll.TotalSeconds * Stopwatch.Frequency);
         _gapCapTicks = 16 * _busyPollTicks;
         _gapTicks = _gapCapTicks; // start asleep: poll only once traffic has shown to be dense

@@ -37,6 +37,7 @@ internal static unsafe partial class Native
     public const int ENFILE = 23;
     public const int EMFILE = 24;
     public const int EPIPE = 32;
+    public const int EPROTO = 71;
     public const int ECONNABORTED = 103;
     public const int ECONNRESET = 104;
     public const int ENOBUFS = 105;
@@ -164,7 +165,7 @@ internal static unsafe partial class Native
     public static int BytesReadable(int fd)
     {
         int count = 0;
-        return Ioctl(fd, FIONREAD, &count) == 0 ? count : 0;
+        return IsSupported && Ioctl(fd, FIONREAD, &count) == 0 ? count : 0;
     }
 
     [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]

@@ -3,7 +3,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 
-namespace EchoKit.Internal;
+namespace EchoKit.Internal.Sockets;
 
 /// <summary>
 /// One accepted stream connection: greeting, then a receive → send loop.
@@ -24,6 +24,7 @@ internal sealed class EchoConnection
 {
     private readonly Socket _socket;
     private readonly EchoServer _server;
+    private readonly SocketStreamEngine _engine;
     private readonly long _startTimestamp = Stopwatch.GetTimestamp();
     private int _reason;
     private SocketError _error;
@@ -36,12 +37,13 @@ internal sealed class EchoConnection
     private int _lastUnsent; // the heartbeat's alone
     private TaskCompletionSource? _aborted; // made when the connection first waits for the payload sink
 
-    public EchoConnection(long id, Socket socket, EchoServer server)
+    public EchoConnection(long id, Socket socket, EndPoint? peer, EchoServer server, SocketStreamEngine engine)
     {
         Id = id;
         _socket = socket;
         _server = server;
-        Peer = EndPointText.PeerOf(socket);
+        _engine = engine;
+        Peer = peer; // as admission saw it (a stage may have replaced it)
         // Synchronous calls return EAGAIN instead of blocking; async calls are unaffected.
         socket.Blocking = false;
     }
@@ -59,41 +61,25 @@ internal sealed class EchoConnection
     /// <summary>MonotonicClock.Milliseconds of the last byte received (or of the accept).</summary>
     public long LastReceiveMs => Volatile.Read(ref _lastReceiveMs);
 
-    /// <summary>
-    /// Idle means no bytes moving either way for <paramref name="idleMs"/>: not while a send waits for a slow
-    /// reader or the payload waits for stdout (backpressure, which the send timeout watches), and not while bytes
-    /// wait in the kernel (after a stall the timer can run before the receive loop).
-    /// </summary>
-    public bool IsIdle(long nowMs, long idleMs)
-    {
-        if (!_waiting || SendStartedMs != 0 || _sinkWaiting
-            || nowMs - Math.Max(LastReceiveMs, Volatile.Read(ref _lastSendProgressMs)) < idleMs)
-        {
-            return false; // busy: reading, echoing, or held up by backpressure
-        }
+    /// <summary>Not waiting for the peer: reading and echoing, or held back by the payload sink (not idle, whatever the clock says).</summary>
+    public bool Busy => !_waiting || _sinkWaiting;
 
+    /// <summary>MonotonicClock.Milliseconds when a held-up send last completed (a slow reader took it).</summary>
+    public long LastSendProgressMs => Volatile.Read(ref _lastSendProgressMs);
+
+    /// <summary>
+    /// Asked on the timer's thread before an idle close: bytes waiting, our send queue still moving, or the receive
+    /// loop woken meanwhile (it stops waiting before it reads, so asked in this order no bytes slip between).
+    /// </summary>
+    public bool StillActive()
+    {
         try
         {
-            // Bytes waiting, or taken meanwhile by the receive loop, which stops waiting before it reads
-            // (this runs on the timer's thread: asked in this order, no bytes slip between the two checks).
-            if (_socket.Available > 0 || !_waiting)
-            {
-                return false;
-            }
-
-            // Our echo still leaving the kernel's send queue for a slow reader; unchanged since the last check: stopped.
-            int unsent = Epoll.Native.BytesUnsent((int)_socket.Handle);
-            if (unsent > 0 && unsent != _lastUnsent)
-            {
-                _lastUnsent = unsent;
-                return false;
-            }
-
-            return true;
+            return !_waiting || TimeoutPolicy.KernelSaysActive((int)_socket.Handle, ref _lastUnsent) || !_waiting;
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        catch (ObjectDisposedException)
         {
-            return true; // ending anyway
+            return false; // ending anyway
         }
     }
 
@@ -134,7 +120,7 @@ internal sealed class EchoConnection
         finally
         {
             _socket.Dispose();
-            _server.OnConnectionClosed(this, new ClosedConnection(
+            _engine.OnConnectionClosed(this, new ClosedConnection(
                 Id, Peer, Reason, _error, BytesIn, BytesOut, Stopwatch.GetElapsedTime(_startTimestamp)));
         }
     }
@@ -283,7 +269,7 @@ internal sealed class EchoConnection
     /// </summary>
     public void TryFinishDrain(long nowMs, long quietMs)
     {
-        if (_finSent || !_waiting || nowMs - LastReceiveMs < quietMs)
+        if (!TimeoutPolicy.ReadyForFin(nowMs, LastReceiveMs, quietMs, _finSent, busy: !_waiting))
         {
             return;
         }

@@ -1,0 +1,45 @@
+using Microsoft.Extensions.Logging;
+
+namespace EchoKit.Internal.Epoll;
+
+/// <summary>
+/// The epoll engine: one <see cref="EpollLoop"/> per CPU (or <see cref="EchoServerOptions.EngineLoops"/>), each
+/// with its own epoll set over all the listeners (EPOLLEXCLUSIVE), accepting, reading and sending itself.
+/// Other threads reach a loop only through its command queue; the drain and the timeouts run on its tick.
+/// </summary>
+internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IReadOnlyList<StreamListener> listeners) : IStreamEngine
+{
+    private EpollLoop[] _loops = [];
+    private int _aborted;
+
+    public void Start()
+    {
+        var descriptors = listeners.Select(l => l.DescriptorForEpoll()).ToArray();
+        int count = server.Options.EngineLoops > 0 ? server.Options.EngineLoops : Environment.ProcessorCount;
+        _loops = new EpollLoop[listeners.Count == 0 ? 0 : count];
+        for (int i = 0; i < _loops.Length; i++)
+        {
+            _loops[i] = new EpollLoop(i, server, this, logger, descriptors);
+        }
+    }
+
+    /// <summary>The descriptors the engine needs of its own beside the listeners: an epoll set and an eventfd per loop.</summary>
+    public static int DescriptorsNeeded(EchoServerOptions options) =>
+        2 * (options.EngineLoops > 0 ? options.EngineLoops : Environment.ProcessorCount);
+
+    public Task StopAcceptingAsync() => Task.WhenAll(_loops.Select(l => l.StopAcceptingAsync()));
+
+    public async Task<int> DrainAsync(long deadlineMs, long quietMs)
+    {
+        foreach (var loop in _loops)
+        {
+            loop.Drain(deadlineMs, quietMs);
+        }
+
+        await Task.WhenAll(_loops.Select(l => l.Exited)).ConfigureAwait(false);
+        return Volatile.Read(ref _aborted);
+    }
+
+    /// <summary>A loop reset its connections at the drain's deadline; the server reports the sum once.</summary>
+    internal void CountAborted(int count) => Interlocked.Add(ref _aborted, count);
+}

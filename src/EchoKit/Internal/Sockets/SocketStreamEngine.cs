@@ -1,0 +1,133 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+
+namespace EchoKit.Internal.Sockets;
+
+/// <summary>
+/// The Socket engine: one accept loop per listener (<see cref="StreamListener.AcceptLoopAsync"/>), one
+/// <see cref="EchoConnection"/> per client, and one <see cref="ConnectionHeartbeat"/> for every timeout.
+/// Portable: what runs where the epoll engine cannot, and on request (<c>--engine socket</c>).
+/// </summary>
+internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<StreamListener> listeners) : IStreamEngine
+{
+    private readonly ConcurrentDictionary<long, EchoConnection> _connections = new();
+    private readonly List<Task> _acceptLoops = [];
+    private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private ConnectionHeartbeat? _heartbeat;
+    private volatile bool _draining;
+
+    public void Start()
+    {
+        var options = server.Options;
+        if (options.IdleTimeout > TimeSpan.Zero || options.SendTimeout > TimeSpan.Zero)
+        {
+            _heartbeat = new ConnectionHeartbeat(new TimeoutPolicy(options.IdleTimeout, options.SendTimeout), () => _connections.Values);
+        }
+
+        foreach (var listener in listeners)
+        {
+            _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(OnAccepted, server.OnDescriptorsExhausted)));
+        }
+    }
+
+    public async Task StopAcceptingAsync()
+    {
+        foreach (var listener in listeners)
+        {
+            listener.Dispose(); // the accept loops end when their listener closes
+        }
+
+        await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
+    }
+
+    public async Task<int> DrainAsync(long deadlineMs, long quietMs)
+    {
+        // No accept runs any more, so no connection is added from here on.
+        _draining = true;
+        if (_connections.IsEmpty)
+        {
+            _drained.TrySetResult();
+        }
+
+        var all = _drained.Task;
+        using var tick = new PeriodicTimer(TimeSpan.FromMilliseconds(10));
+        while (!all.IsCompleted && MonotonicClock.Milliseconds < deadlineMs)
+        {
+            // Each connection says goodbye (FIN) once it has echoed what it had and gone quiet.
+            long now = MonotonicClock.Milliseconds;
+            foreach (var connection in _connections.Values)
+            {
+                connection.TryFinishDrain(now, quietMs);
+            }
+
+            await Task.WhenAny(all, tick.WaitForNextTickAsync().AsTask()).ConfigureAwait(false);
+        }
+
+        int aborted = 0;
+        if (!all.IsCompleted)
+        {
+            var left = _connections.Values.ToArray();
+            aborted = left.Length;
+            foreach (var connection in left)
+            {
+                connection.Abort(CloseReason.ShutdownTimeout, reset: true);
+            }
+
+            await all.ConfigureAwait(false);
+        }
+
+        _heartbeat?.Dispose();
+        return aborted;
+    }
+
+    private void OnAccepted(Socket socket)
+    {
+        EndPoint? peer = EndPointText.PeerOf(socket);
+        switch (server.Admit((int)socket.Handle, ref peer, out long id, out string? refusal))
+        {
+            case EchoServer.Admission.Refused:
+                socket.Dispose(); // no greeting, nothing sent: a stage said no
+                server.ReportRefused(id, peer, refusal!);
+                return;
+            case EchoServer.Admission.Busy:
+                server.RefuseBusy(id, socket);
+                return;
+            case EchoServer.Admission.Stopping:
+                socket.Dispose(); // accepted in the instant the listener was closing
+                return;
+        }
+
+        try
+        {
+            if (socket.ProtocolType == ProtocolType.Tcp)
+            {
+                socket.NoDelay = server.Options.NoDelay;
+                socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.OutOfBandInline, true); // urgent bytes echoed in place
+            }
+        }
+        catch (SocketException)
+        {
+            // The peer is already gone; the connection's first call will say so.
+        }
+
+        var connection = new EchoConnection(id, socket, peer, server, this);
+        server.ReportAccepted(id, connection.Peer);
+        // Registered before it runs, so that its close always finds the entry to remove. Nothing keeps
+        // its Task: the connection reports its own end (OnConnectionClosed), which is all the drain needs.
+        _connections[id] = connection;
+        _ = connection.RunAsync();
+    }
+
+    public void OnConnectionClosed(EchoConnection connection, ClosedConnection closed)
+    {
+        // Reported before the drain can see the engine empty: otherwise the "stopped" line, and the
+        // process's exit, could overtake this connection's "closed" line.
+        server.ReportClosed(closed);
+        _connections.TryRemove(connection.Id, out _);
+        if (_draining && _connections.IsEmpty)
+        {
+            _drained.TrySetResult();
+        }
+    }
+}

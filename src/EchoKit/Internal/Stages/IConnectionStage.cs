@@ -1,0 +1,17 @@
+namespace EchoKit.Internal.Stages;
+
+/// <summary>
+/// One step that every new stream connection goes through after admission (the limits) and before its
+/// greeting, in the order of <see cref="EchoServerOptions.Stages"/>, on whichever engine serves it (Kestrel's
+/// connection middleware is the model). A stage may replace the peer's address (the real client behind a load
+/// balancer) or refuse the connection with a reason, which reaches the log line and the close reason
+/// (<see cref="CloseReason.Refused"/>). Runs on the accepting thread: it must not block.
+///
+/// Not yet here, for the stages that need them (PROXY protocol, TLS): reading a bounded prefix before deciding,
+/// and wrapping the byte stream. They need the engines to hand a connection to an asynchronous step and take
+/// it back, which is the next piece of this seam.
+/// </summary>
+internal interface IConnectionStage
+{
+    StageVerdict OnAccepted(ConnectionContext connection);
+}
