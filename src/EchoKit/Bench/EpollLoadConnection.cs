@@ -4,23 +4,20 @@ namespace EchoKit.Bench;
 
 /// <summary>
 /// One connection driven by an <see cref="EpollLoadLoop"/>: the same accounting as <see cref="LoadConnection"/>
-/// (a pattern stream from its own offset, every echoed byte compared, one timestamp per message in
-/// flight), without async machinery. Touched only by its loop's thread; counters are read by others for progress.
+/// (its <see cref="MessageLedger"/>: a pattern stream from its own offset, every echoed byte compared, one
+/// timestamp per message in flight), without async machinery. Touched only by its loop's thread; counters are
+/// read by others for progress.
 /// </summary>
 internal sealed class EpollLoadConnection : ILoadFlow
 {
-    private const int OpenLoopQueue = 1 << 16;
-
     public EpollLoadConnection(LoadGenerator owner, Socket socket, long startOffset, int index)
     {
         Socket = socket;
         socket.Blocking = false;
         Fd = (int)socket.Handle;
         Index = index;
-        // A power of two, so that the ring index is a mask, not a division.
-        Queued = new long[owner.Options.Rate is null ? (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)owner.Options.Depth) : OpenLoopQueue];
-        Mask = Queued.Length - 1;
-        SendPosition = ReceivePosition = StartOffset = startOffset;
+        Ledger = new MessageLedger(owner.Options, startOffset);
+        SendPosition = startOffset;
     }
 
     public Socket Socket { get; }
@@ -29,20 +26,9 @@ internal sealed class EpollLoadConnection : ILoadFlow
 
     public int Index { get; }
 
-    public long StartOffset { get; }
-
-    /// <summary>Ring of queue (closed loop) or schedule (open loop) timestamps, one per message in flight.</summary>
-    public long[] Queued { get; }
-
-    public int Mask { get; }
-
-    public long Head; // next message to come back
-
-    public long Tail; // next message to send
+    public MessageLedger Ledger { get; }
 
     public long SendPosition;
-
-    public long ReceivePosition;
 
     /// <summary>Bytes queued for sending that the kernel has not taken yet.</summary>
     public long Unsent;
@@ -54,19 +40,19 @@ internal sealed class EpollLoadConnection : ILoadFlow
 
     public bool Done;
 
-    public long MeasuredMessages { get; set; }
+    public long MeasuredMessages => Ledger.MeasuredMessages;
 
-    public long Mismatches { get; set; }
+    public long Mismatches => Ledger.Mismatches;
 
     public long Overruns { get; set; }
 
     public bool Failed { get; set; }
 
-    public long InFlight => Volatile.Read(ref Tail) - Volatile.Read(ref Head);
+    public long InFlight => Ledger.InFlight;
 
-    public long LastReceiveTimestamp { get; set; }
+    public long LastReceiveTimestamp => Ledger.LastReceiveTimestamp;
 
-    public bool Unsolicited { get; set; }
+    public bool Unsolicited => Ledger.Unsolicited;
 
     /// <summary>Driven by its loop, not by a task of its own.</summary>
     public Task RunAsync() => Task.CompletedTask;

@@ -232,12 +232,7 @@ internal sealed unsafe class EpollLoadLoop
     /// <summary>Queues <paramref name="count"/> messages stamped <paramref name="timestamp"/> (their bytes go out in <see cref="Flush"/>).</summary>
     private void Queue(EpollLoadConnection c, int count, long timestamp)
     {
-        var queued = c.Queued;
-        for (int i = 0; i < count; i++)
-        {
-            queued[(int)(c.Tail++ & c.Mask)] = timestamp;
-        }
-
+        c.Ledger.Sent(count, timestamp);
         c.Unsent += (long)count * _size;
     }
 
@@ -303,55 +298,9 @@ internal sealed unsafe class EpollLoadLoop
 
     private void OnData(EpollLoadConnection c, int n)
     {
-
-        var got = _buffer.AsSpan(0, n);
-        var expected = _owner.Pattern(c.ReceivePosition, n);
-        if (!got.SequenceEqual(expected))
-        {
-            c.Mismatches += LoadConnection.CountMismatches(got, expected);
-        }
-
-        c.ReceivePosition += n;
         long now = Stopwatch.GetTimestamp();
-        long doneThrough = (c.ReceivePosition - c.StartOffset) / _size;
-        bool measuring = _owner.Measuring;
-        var histogram = _histogram ??= _owner.ThreadHistogram; // this loop thread's own
-        var queued = c.Queued;
-        long head = c.Head;
-        long done = Math.Min(doneThrough, c.Tail);
-        if (doneThrough > c.Tail)
-        {
-            c.Mismatches++; // more came back than was sent
-            c.Unsolicited = true;
-        }
-
-        c.LastReceiveTimestamp = now;
-
-        int completed = (int)(done - head);
-        while (head < done)
-        {
-            // Messages queued together carry one timestamp (closed loop queues a batch at once): record
-            // each run of equal timestamps with one histogram call.
-            long sentAt = queued[(int)(head & c.Mask)];
-            long run = 1;
-            while (head + run < done && queued[(int)((head + run) & c.Mask)] == sentAt)
-            {
-                run++;
-            }
-
-            head += run;
-            if (measuring)
-            {
-                histogram.RecordValueWithCount(Math.Max(0, LoadConnection.TicksBetween(sentAt, now)), run);
-            }
-        }
-
-        c.Head = head; // never past Tail: bytes nobody asked for are mismatches, not messages (a negative count before)
-        if (measuring)
-        {
-            c.MeasuredMessages += completed;
-        }
-
+        var histogram = _owner.Measuring ? (_histogram ??= _owner.ThreadHistogram) : null; // this loop thread's own
+        int completed = c.Ledger.Received(_buffer.AsSpan(0, n), _owner.Pattern(c.Ledger.ReceivePosition, n), now, histogram);
         if (!_openLoop && completed > 0)
         {
             Queue(c, completed, now);
@@ -378,18 +327,14 @@ internal sealed unsafe class EpollLoadLoop
                 c.NextDue += _interval;
             }
 
-            if (c.Tail - c.Head + count > c.Queued.Length)
+            if (!c.Ledger.HasRoomFor(count))
             {
                 c.Overruns++; // the server is too far behind: stop adding to the backlog
                 c.NextDue = now + _interval;
             }
             else
             {
-                var queued = c.Queued;
-                for (int i = 0; i < count; i++)
-                {
-                    queued[(int)(c.Tail++ & c.Mask)] = (long)(first + (i * _interval));
-                }
+                c.Ledger.Scheduled(count, first, _interval);
 
                 c.Unsent += (long)count * _size;
                 Flush(c);

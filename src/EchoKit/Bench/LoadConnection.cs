@@ -11,18 +11,12 @@ namespace EchoKit.Bench;
 /// </summary>
 internal sealed class LoadConnection : ILoadFlow
 {
-    private const int OpenLoopQueue = 1 << 16;
-
     private readonly LoadGenerator _owner;
     private readonly Socket _socket;
     private readonly int _size;
-    private readonly long[] _queued; // ring of queue/schedule timestamps, one per message in flight
+    private readonly MessageLedger _ledger;
     private readonly byte[] _receiveBuffer;
-    private long _head; // next message to come back
-    private long _tail; // next message to send
     private long _sendPosition;
-    private long _receivePosition;
-    private readonly long _startOffset;
     private volatile bool _failed;
 
     private LoadConnection(LoadGenerator owner, Socket socket, long startOffset)
@@ -30,24 +24,24 @@ internal sealed class LoadConnection : ILoadFlow
         _owner = owner;
         _socket = socket;
         _size = owner.Options.MessageSize;
-        _queued = new long[owner.Options.Rate is null ? owner.Options.Depth : OpenLoopQueue];
+        _ledger = new MessageLedger(owner.Options, startOffset);
         _receiveBuffer = new byte[Math.Max(64 * 1024, _size)];
-        _sendPosition = _receivePosition = _startOffset = startOffset;
+        _sendPosition = startOffset;
     }
 
-    public long MeasuredMessages { get; private set; }
+    public long MeasuredMessages => _ledger.MeasuredMessages;
 
-    public long Mismatches { get; private set; }
+    public long Mismatches => _ledger.Mismatches;
 
     public long Overruns { get; private set; }
 
     public bool Failed => _failed;
 
-    public long InFlight => Volatile.Read(ref _tail) - Volatile.Read(ref _head);
+    public long InFlight => _ledger.InFlight;
 
-    public long LastReceiveTimestamp { get; private set; }
+    public long LastReceiveTimestamp => _ledger.LastReceiveTimestamp;
 
-    public bool Unsolicited { get; private set; }
+    public bool Unsolicited => _ledger.Unsolicited;
 
     public static LoadConnection Open(LoadGenerator owner, int index, Socket connected) => new(owner, connected, owner.StartOffset(index));
 
@@ -186,11 +180,7 @@ internal sealed class LoadConnection : ILoadFlow
     /// <summary>Queues <paramref name="count"/> messages stamped <paramref name="timestamp"/> and sends them in one call.</summary>
     private async ValueTask SendAsync(int count, long timestamp)
     {
-        for (int i = 0; i < count; i++)
-        {
-            _queued[_tail++ % _queued.Length] = timestamp;
-        }
-
+        _ledger.Sent(count, timestamp);
         await WritePatternAsync(count).ConfigureAwait(false);
     }
 
@@ -223,35 +213,8 @@ internal sealed class LoadConnection : ILoadFlow
                 return;
             }
 
-            if (!_receiveBuffer.AsSpan(0, n).SequenceEqual(_owner.Pattern(_receivePosition, n)))
-            {
-                Mismatches += CountMismatches(_receiveBuffer.AsSpan(0, n), _owner.Pattern(_receivePosition, n));
-            }
-
-            _receivePosition += n;
-            long now = Stopwatch.GetTimestamp();
-            LastReceiveTimestamp = now;
-            long doneThrough = (_receivePosition - _startOffset) / _size;
-            int completed = 0;
-            while (_head < doneThrough)
-            {
-                if (_head >= _tail)
-                {
-                    Mismatches++; // more came back than was sent
-                    Unsolicited = true;
-                    break;
-                }
-
-                long sentAt = _queued[_head++ % _queued.Length];
-                if (_owner.Measuring)
-                {
-                    _owner.Record(TicksBetween(sentAt, now));
-                    MeasuredMessages++;
-                }
-
-                completed++;
-            }
-
+            int completed = _ledger.Received(_receiveBuffer.AsSpan(0, n), _owner.Pattern(_ledger.ReceivePosition, n), Stopwatch.GetTimestamp(),
+                _owner.Measuring ? _owner.ThreadHistogram : null);
             if (closedLoop && completed > 0 && !_owner.Stopping)
             {
                 await SendAsync(completed, Stopwatch.GetTimestamp()).ConfigureAwait(false);
@@ -276,7 +239,7 @@ internal sealed class LoadConnection : ILoadFlow
 
             if (due > 0)
             {
-                if (_tail - _head + due > _queued.Length)
+                if (!_ledger.HasRoomFor(due))
                 {
                     Overruns++; // the server is too far behind: stop adding to the backlog
                     next = now + interval;
@@ -284,10 +247,7 @@ internal sealed class LoadConnection : ILoadFlow
                 else
                 {
                     // Each message keeps its own scheduled time: latency counts any wait for the sender.
-                    for (int i = 0; i < due; i++)
-                    {
-                        _queued[_tail++ % _queued.Length] = firstScheduled + (long)(i * interval);
-                    }
+                    _ledger.Scheduled(due, firstScheduled, interval);
 
                     await WritePatternAsync(due).ConfigureAwait(false);
                 }
@@ -303,20 +263,6 @@ internal sealed class LoadConnection : ILoadFlow
                 await Task.Yield();
             }
         }
-    }
-
-    internal static long TicksBetween(long from, long to) =>
-        (long)((to - from) * (double)TimeSpan.TicksPerSecond / Stopwatch.Frequency);
-
-    internal static long CountMismatches(ReadOnlySpan<byte> got, ReadOnlySpan<byte> expected)
-    {
-        long count = 0;
-        for (int i = 0; i < got.Length; i++)
-        {
-            count += got[i] != expected[i] ? 1 : 0;
-        }
-
-        return count;
     }
 
     public void Close()

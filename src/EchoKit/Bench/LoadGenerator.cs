@@ -105,13 +105,20 @@ public sealed class LoadGenerator
             throw new ArgumentOutOfRangeException(nameof(BenchOptions.MessageSize));
         }
 
+        bool epoll = UsesEpoll;
+        await ConnectAllAsync(epoll, cancellationToken).ConfigureAwait(false);
+        var (seconds, activeAtEnd, noEcho) = await LoadAsync(epoll, cancellationToken).ConfigureAwait(false);
+        return Report(seconds, activeAtEnd, noEcho);
+    }
+
+    /// <summary>Opens every connection (or UDP flow); the first one alone, to find the address and the greeting.</summary>
+    private async Task ConnectAllAsync(bool epoll, CancellationToken cancellationToken)
+    {
         EndPoint[] candidates = _options.UnixPath is { } path
             ? [new UnixDomainSocketEndPoint(path)]
             : [.. (await SocketConnector.ResolveAsync(_options.Host, _options.Port, family: null).ConfigureAwait(false))
                 .Select(address => new IPEndPoint(address, _options.Port))];
         EndPoint endPoint = candidates[0];
-
-        bool epoll = UsesEpoll;
 
         // The first connection goes alone. It tries each address the name resolved to, in order, as nc does
         // ("localhost" is ::1 and 127.0.0.1; the server may listen on either), and the others use the one
@@ -216,6 +223,11 @@ public sealed class LoadGenerator
                 _options.Host, _options.Port, FirstConnectError ?? SocketError.ConnectionRefused);
         }
 
+    }
+
+    /// <summary>Warms up, measures, stops: how long was measured, what was still connected, and what had stopped echoing.</summary>
+    private async Task<(double Seconds, int ActiveAtEnd, int NoEcho)> LoadAsync(bool epoll, CancellationToken cancellationToken)
+    {
         _phase = RunPhase.Warmup;
         EpollLoadLoop[] loops = [];
         Task[] runs;
@@ -271,6 +283,12 @@ public sealed class LoadGenerator
 
         await Task.WhenAll(runs).WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
 
+        return (seconds, activeAtEnd, noEcho);
+    }
+
+    /// <summary>The result, from every thread's histogram and every flow's counters.</summary>
+    private BenchResult Report(double seconds, int activeAtEnd, int noEcho)
+    {
         var merged = new LongHistogram(TimeSpan.FromHours(1).Ticks, 3);
         foreach (var histogram in _histograms)
         {
