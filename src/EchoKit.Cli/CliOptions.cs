@@ -118,9 +118,3 @@ internal static class CliOptions
     public static bool TryParsePort(string text, int min, out int port) =>
         int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out port) && port >= min && port <= 65535;
 }
-
-/// <summary>A duration option and its default (null: no default, the feature is off unless given).</summary>
-internal sealed record DurationOption(Option<TimeSpan?> Option, TimeSpan? Default)
-{
-    public TimeSpan? Get(ParseResult result) => result.GetValue(Option) ?? Default;
-}
