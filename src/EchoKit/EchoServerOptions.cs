@@ -74,7 +74,20 @@ public sealed record EchoServerOptions
     public EchoEngine Engine { get; init; } = EchoEngine.Auto;
 
     /// <summary>The steps every stream connection goes through after admission and before its greeting, in order.</summary>
-    internal IReadOnlyList<Internal.Stages.IConnectionStage> Stages { get; init; } = [];
+    internal IReadOnlyList<Internal.Stages.IConnectionStage> Stages
+    {
+        get => _stages;
+        init
+        {
+            _stages = value;
+            PrefixStages = value.OfType<Internal.Stages.IPrefixStage>().ToArray();
+        }
+    }
+
+    private readonly IReadOnlyList<Internal.Stages.IConnectionStage> _stages = [];
+
+    /// <summary>The stages that read a prefix before the greeting, in order (derived from <see cref="Stages"/>).</summary>
+    internal IReadOnlyList<Internal.Stages.IPrefixStage> PrefixStages { get; private init; } = [];
 
     /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
     public int EngineLoops { get; init; }

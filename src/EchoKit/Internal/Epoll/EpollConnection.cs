@@ -17,7 +17,14 @@ internal sealed class EpollConnection(int fd, uint serial, long id, EndPoint? pe
 
     public long Id { get; } = id;
 
-    public EndPoint? Peer { get; } = peer;
+    /// <summary>The peer as logs and close events see it (a prefix stage may replace it).</summary>
+    public EndPoint? Peer { get; set; } = peer;
+
+    /// <summary>While the prefix stages read their prefix (before the greeting); null after, and always without such stages.</summary>
+    public Stages.PrefixReader? Prefix;
+
+    /// <summary>Why, in words, when a stage refused it.</summary>
+    public string? Detail;
 
     public long StartTimestamp { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
 

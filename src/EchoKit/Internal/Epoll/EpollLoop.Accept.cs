@@ -142,6 +142,15 @@ internal sealed unsafe partial class EpollLoop
         _byFd[fd] = c;
         _count++;
         _server.ReportAccepted(id, peer);
+        if (_server.Options.PrefixStages.Count > 0)
+        {
+            // The prefix stages read first; the greeting waits for them (ReadPrefix). The tick enforces their deadline.
+            c.Prefix = new Stages.PrefixReader(_server.Options.PrefixStages, new Stages.ConnectionContext(id, fd, peer), _nowMs);
+            _nextTickMs = Math.Min(_nextTickMs, c.Prefix.DeadlineMs);
+            UpdateEvents(c);
+            return;
+        }
+
         if (_server.Options.SendGreeting)
         {
             fixed (byte* greeting = Greeting.Bytes.Span)

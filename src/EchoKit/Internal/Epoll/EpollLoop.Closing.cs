@@ -14,7 +14,8 @@ internal sealed unsafe partial class EpollLoop
             ListenerAdd();
         }
 
-        if (_policy.Any || _draining)
+        long prefixDue = long.MaxValue;
+        if (_policy.Any || _draining || _server.Options.PrefixStages.Count > 0)
         {
             bool deadlinePassed = _draining && now >= _drainDeadlineMs;
             if (deadlinePassed && _count > 0)
@@ -33,6 +34,18 @@ internal sealed unsafe partial class EpollLoop
                 if (deadlinePassed)
                 {
                     Close(c, CloseReason.ShutdownTimeout, Ending.Reset);
+                }
+                else if (c.Prefix is { } prefix)
+                {
+                    if (now >= prefix.DeadlineMs)
+                    {
+                        c.Detail = prefix.TimeoutReason; // a prefix that never completes cannot hold a connection
+                        Close(c, CloseReason.Refused, Ending.ShutdownBoth);
+                    }
+                    else
+                    {
+                        prefixDue = Math.Min(prefixDue, prefix.DeadlineMs);
+                    }
                 }
                 else if (_policy.Check(now, c.LastReceiveMs, c.LastSendProgressMs, c.SendBlockedMs, c.SinkBlocked) is var verdict
                     && verdict != CloseReason.None)
@@ -75,7 +88,7 @@ internal sealed unsafe partial class EpollLoop
             next = Math.Min(next, _acceptResumeMs);
         }
 
-        _nextTickMs = next;
+        _nextTickMs = Math.Min(next, prefixDue);
     }
 
     private enum Ending
@@ -125,7 +138,7 @@ internal sealed unsafe partial class EpollLoop
 
         Native.Close(c.Fd); // also takes it out of the epoll set
         ReleasePending(c);
-        _server.ReportClosed(new ClosedConnection(c.Id, c.Peer, reason, c.Error, c.BytesIn, c.BytesOut, Stopwatch.GetElapsedTime(c.StartTimestamp)));
+        _server.ReportClosed(new ClosedConnection(c.Id, c.Peer, reason, c.Error, c.BytesIn, c.BytesOut, Stopwatch.GetElapsedTime(c.StartTimestamp)) { Detail = c.Detail });
     }
 
     private void AbortAll(CloseReason reason)

@@ -56,23 +56,77 @@ internal sealed unsafe partial class EpollLoop
             return true; // we said goodbye at shutdown; drop what still arrives
         }
 
+        if (c.Prefix is not null)
+        {
+            return ReadPrefix(c, n); // before the greeting: the prefix stages read first
+        }
+
         if (!WriteOrKeep(c, _bufferPointer, n))
         {
             return false;
         }
 
+        return CopyToSink(c, _buffer.AsMemory(0, n));
+    }
+
+    /// <summary>A copy of echoed bytes for stdout; false never (the sink's backpressure pauses reading instead).</summary>
+    private bool CopyToSink(EpollConnection c, ReadOnlyMemory<byte> echoed)
+    {
         if (_server.PayloadSink is not { } sink)
         {
             return true;
         }
 
-        var written = sink.WriteAsync(c.Id, _buffer.AsMemory(0, n)); // the sink copies before it returns
+        var written = sink.WriteAsync(c.Id, echoed); // the sink copies before it returns
         if (!written.IsCompletedSuccessfully)
         {
             PauseForSink(c, written);
         }
 
         return true;
+    }
+
+    /// <summary>
+    /// Bytes that arrived while the prefix stages read: handed to them; once they are done, the greeting goes
+    /// out and the bytes after the prefix are echoed behind it, in one send (so neither can overtake the other).
+    /// </summary>
+    private bool ReadPrefix(EpollConnection c, int n)
+    {
+        var reader = c.Prefix!;
+        if (reader.Feed(_buffer.AsSpan(0, n)) is not { } outcome)
+        {
+            return true; // more to come
+        }
+
+        if (outcome.RefusedBecause is { } reason)
+        {
+            c.Detail = reason;
+            Close(c, CloseReason.Refused, Ending.ShutdownBoth);
+            return false;
+        }
+
+        c.Prefix = null;
+        c.Peer = reader.Context.Peer;
+        return StartEcho(c, outcome.Payload);
+    }
+
+    /// <summary>The greeting, then <paramref name="payload"/> (bytes that came with a prefix) echoed behind it.</summary>
+    private bool StartEcho(EpollConnection c, byte[] payload)
+    {
+        byte[] first = _server.Options.SendGreeting ? [.. Greeting.Bytes.Span, .. payload] : payload;
+        if (first.Length > 0)
+        {
+            fixed (byte* bytes = first)
+            {
+                if (!WriteOrKeep(c, bytes, first.Length))
+                {
+                    return false;
+                }
+            }
+        }
+
+        UpdateEvents(c);
+        return payload.Length == 0 || CopyToSink(c, payload);
     }
 
     /// <summary>A read that returned 0 (the peer's FIN) or failed.</summary>

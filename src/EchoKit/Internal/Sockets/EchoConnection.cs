@@ -33,6 +33,7 @@ internal sealed class EchoConnection
     private long _lastReceiveMs = MonotonicClock.Milliseconds;
     private long _sendStartedMs;
     private long _lastSendProgressMs;
+    private string? _detail; // why a stage refused it
     private volatile bool _sinkWaiting;
     private int _lastUnsent; // the heartbeat's alone
     private TaskCompletionSource? _aborted; // made when the connection first waits for the payload sink
@@ -50,7 +51,8 @@ internal sealed class EchoConnection
 
     public long Id { get; }
 
-    public EndPoint? Peer { get; }
+    /// <summary>The peer as logs and close events see it (a prefix stage may replace it).</summary>
+    public EndPoint? Peer { get; private set; }
 
     public long BytesIn { get; private set; }
 
@@ -91,9 +93,34 @@ internal sealed class EchoConnection
         var options = _server.Options;
         try
         {
+            byte[] payload = [];
+            if (options.PrefixStages.Count > 0)
+            {
+                if (await ReadPrefixAsync(options) is not { } afterPrefix)
+                {
+                    return; // refused, timed out or closed before its prefix was read
+                }
+
+                payload = afterPrefix;
+            }
+
             if (options.SendGreeting && !Succeeded(await SendAllAsync(Greeting.Bytes).ConfigureAwait(false)))
             {
                 return;
+            }
+
+            if (payload.Length > 0)
+            {
+                // The bytes that came with the prefix: echoed once, after the greeting.
+                if (!Succeeded(await SendAllAsync(payload).ConfigureAwait(false)))
+                {
+                    return;
+                }
+
+                if (_server.PayloadSink is { } sink)
+                {
+                    await sink.WriteAsync(Id, payload).ConfigureAwait(false);
+                }
             }
 
             if (!await EchoUntilEndAsync(options.ReceiveBufferSize).ConfigureAwait(false))
@@ -121,8 +148,62 @@ internal sealed class EchoConnection
         {
             _socket.Dispose();
             _engine.OnConnectionClosed(this, new ClosedConnection(
-                Id, Peer, Reason, _error, BytesIn, BytesOut, Stopwatch.GetElapsedTime(_startTimestamp)));
+                Id, Peer, Reason, _error, BytesIn, BytesOut, Stopwatch.GetElapsedTime(_startTimestamp)) { Detail = _detail });
         }
+    }
+
+    /// <summary>
+    /// Before the greeting: the prefix stages read the first bytes (<see cref="Stages.PrefixReader"/>), within their
+    /// deadline. Returns the bytes after the prefixes, or null when the connection ends here (refused, timed out,
+    /// closed by the peer, or failed: the reason is recorded).
+    /// </summary>
+    private async Task<byte[]?> ReadPrefixAsync(EchoServerOptions options)
+    {
+        var context = new Stages.ConnectionContext(Id, (int)_socket.Handle, Peer);
+        var reader = new Stages.PrefixReader(options.PrefixStages, context, MonotonicClock.Milliseconds);
+        using var deadline = new CancellationTokenSource(TimeSpan.FromMilliseconds(Math.Max(0, reader.DeadlineMs - MonotonicClock.Milliseconds)));
+        var buffer = new byte[4096];
+        while (true)
+        {
+            int received;
+            try
+            {
+                received = await _socket.ReceiveAsync(buffer, SocketFlags.None, deadline.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                Refuse(reader.TimeoutReason); // a prefix that never completes cannot hold a connection
+                return null;
+            }
+
+            if (received == 0)
+            {
+                TrySetReason(CloseReason.PeerClosed);
+                return null;
+            }
+
+            Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
+            BytesIn += received;
+            if (reader.Feed(buffer.AsSpan(0, received)) is not { } outcome)
+            {
+                continue;
+            }
+
+            if (outcome.RefusedBecause is { } reason)
+            {
+                Refuse(reason);
+                return null;
+            }
+
+            Peer = context.Peer;
+            return outcome.Payload;
+        }
+    }
+
+    private void Refuse(string reason)
+    {
+        _detail = reason;
+        TrySetReason(CloseReason.Refused);
     }
 
     /// <summary>Records a failed call's error as the close reason (a reset, or another error); true for success.</summary>

@@ -7,9 +7,8 @@ namespace EchoKit.Internal.Stages;
 /// balancer) or refuse the connection with a reason, which reaches the log line and the close reason
 /// (<see cref="CloseReason.Refused"/>). Runs on the accepting thread: it must not block.
 ///
-/// Not yet here, for the stages that need them (PROXY protocol, TLS): reading a bounded prefix before deciding,
-/// and wrapping the byte stream. They need the engines to hand a connection to an asynchronous step and take
-/// it back, which is the next piece of this seam.
+/// A stage that must read the connection's first bytes before deciding (PROXY protocol) implements
+/// <see cref="IPrefixStage"/> too. Not yet here: a stage that wraps the byte stream (TLS).
 /// </summary>
 internal interface IConnectionStage
 {
