@@ -31,12 +31,13 @@ internal sealed class ConnectionHeartbeat : IDisposable
                 continue; // already ending
             }
 
-            switch (_policy.Check(now, connection.LastReceiveMs, connection.LastSendProgressMs, connection.SendStartedMs, connection.Busy))
+            long lastReceive = connection.LastReceiveMs;
+            switch (_policy.Check(now, lastReceive, connection.LastSendProgressMs, connection.SendStartedMs, connection.Busy))
             {
                 case CloseReason.SendTimeout:
                     connection.Abort(CloseReason.SendTimeout, reset: true);
                     break;
-                case CloseReason.IdleTimeout when !connection.StillActive():
+                case CloseReason.IdleTimeout when !connection.StillActive(lastReceive):
                     connection.Abort(CloseReason.IdleTimeout, reset: false);
                     break;
             }

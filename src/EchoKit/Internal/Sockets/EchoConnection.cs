@@ -71,13 +71,15 @@ internal sealed class EchoConnection
 
     /// <summary>
     /// Asked on the timer's thread before an idle close: bytes waiting, our send queue still moving, or the receive
-    /// loop woken meanwhile (it stops waiting before it reads, so asked in this order no bytes slip between).
+    /// loop busy or through a whole round since <paramref name="lastReceiveSeen"/> was read (it stops waiting before
+    /// it reads and stamps what it read before it waits again, so asked in this order no bytes slip between).
     /// </summary>
-    public bool StillActive()
+    public bool StillActive(long lastReceiveSeen)
     {
         try
         {
-            return !_waiting || TimeoutPolicy.KernelSaysActive((int)_socket.Handle, ref _lastUnsent) || !_waiting;
+            return !_waiting || TimeoutPolicy.KernelSaysActive((int)_socket.Handle, ref _lastUnsent) || !_waiting
+                || LastReceiveMs != lastReceiveSeen;
         }
         catch (ObjectDisposedException)
         {
