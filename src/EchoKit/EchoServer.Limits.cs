@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using EchoKit.Internal;
+using EchoKit.Internal.Stages;
 
 namespace EchoKit;
 
@@ -20,57 +21,72 @@ public sealed partial class EchoServer
         return configured;
     }
 
-    internal enum Admission
+    private enum Admission
     {
         Admitted,
         Busy,
         Stopping,
-        Refused,
     }
 
     /// <summary>
-    /// Counts a new connection (its <paramref name="descriptor"/>) in, or says why not: over the limit,
-    /// too close to the descriptor limit, accepted as the server stops, or refused by a connection stage
-    /// (which may also replace <paramref name="peer"/>). A refused connection is the caller's to close, then
-    /// to report with <see cref="ReportRefused"/>.
+    /// A new connection (its <paramref name="descriptor"/>) goes through the stages in order: admission first
+    /// (<see cref="AdmissionStage"/>: the limits, and the stop), then <see cref="EchoServerOptions.Stages"/>, which
+    /// may replace <paramref name="peer"/>. A refused connection is the engine's to answer (the verdict's reply, if
+    /// any) and close, then to report with <see cref="ReportRefused"/>; every engine does it the same way.
     /// </summary>
-    internal Admission Admit(int descriptor, ref EndPoint? peer, out long id, out string? refusal)
+    internal StageVerdict Admit(int descriptor, ref EndPoint? peer, out long id)
     {
-        refusal = null;
-        var admission = AdmitWithinLimits(descriptor, out id);
-        if (admission != Admission.Admitted || Options.Stages.Count == 0)
+        id = Interlocked.Increment(ref _nextId);
+        var context = new ConnectionContext(id, descriptor, peer);
+        var verdict = _admission.OnAccepted(context);
+        if (!verdict.Refused)
         {
-            return admission;
-        }
-
-        var context = new Internal.Stages.ConnectionContext(id, descriptor, peer);
-        foreach (var stage in Options.Stages)
-        {
-            var verdict = stage.OnAccepted(context);
-            if (verdict.Refused)
+            foreach (var stage in Options.Stages)
             {
-                Interlocked.Decrement(ref _activeCount);
-                refusal = verdict.RefusedBecause;
-                peer = context.Peer;
-                return Admission.Refused;
+                verdict = stage.OnAccepted(context);
+                if (verdict.Refused)
+                {
+                    Interlocked.Decrement(ref _activeCount); // admitted, then refused: not counted after all
+                    break;
+                }
             }
         }
 
         peer = context.Peer;
-        return Admission.Admitted;
+        return verdict;
     }
 
-    /// <summary>A connection a stage refused (already closed by its engine): logged with the stage's reason and announced.</summary>
-    internal void ReportRefused(long id, EndPoint? peer, string reason)
+    /// <summary>A refused connection (already answered and closed by its engine): logged with its reason and announced.</summary>
+    internal void ReportRefused(long id, EndPoint? peer, StageVerdict verdict)
     {
-        var closed = new ClosedConnection(id, peer, CloseReason.Refused, SocketError.Success, 0, 0, TimeSpan.Zero) { Detail = reason };
+        switch (verdict.Reason)
+        {
+            case CloseReason.ServerShutdown:
+                return; // accepted as the server stopped: nothing to tell
+            case CloseReason.ServerBusy:
+                Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit);
+                ConnectionClosed?.Invoke(new ClosedConnection(id, peer, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
+                return;
+        }
+
+        var closed = new ClosedConnection(id, peer, verdict.Reason, SocketError.Success, 0, 0, TimeSpan.Zero) { Detail = verdict.RefusedBecause };
         LogClosed(closed);
         ConnectionClosed?.Invoke(closed);
     }
 
-    private Admission AdmitWithinLimits(int descriptor, out long id)
+    /// <summary>The first stage: the connection limit, the descriptor limit in force now, and the stop.</summary>
+    private sealed class AdmissionStage(EchoServer server) : IConnectionStage
     {
-        id = Interlocked.Increment(ref _nextId);
+        public StageVerdict OnAccepted(ConnectionContext connection) => server.AdmitWithinLimits(connection.Descriptor) switch
+        {
+            Admission.Busy => StageVerdict.Busy(server.BusyLine()),
+            Admission.Stopping => StageVerdict.Stopping,
+            _ => StageVerdict.Continue,
+        };
+    }
+
+    private Admission AdmitWithinLimits(int descriptor)
+    {
         if (DescriptorBudget.NearLimit(descriptor, out long limit))
         {
             CapAtOpenConnections(limit);
@@ -111,12 +127,6 @@ public sealed partial class EchoServer
         return cached.Value.Line;
     }
 
-    /// <summary>A refused connection: it took an id at admission, and its close reports that id (it said 0 before).</summary>
-    internal void ReportBusy(long id, EndPoint? peer)
-    {
-        Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit);
-        ConnectionClosed?.Invoke(new ClosedConnection(id, peer, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
-    }
 
     /// <summary>
     /// Accept met EMFILE/ENFILE although the budget taken at start should have prevented it (the limit
@@ -194,26 +204,5 @@ public sealed partial class EchoServer
         }
 
         Log.DescriptorLimited(_logger, _startConnectionLimit, "restored: the descriptor limit is back to " + _startDescriptorLimit.ToString(System.Globalization.CultureInfo.InvariantCulture));
-    }
-
-    internal void RefuseBusy(long id, Socket socket)
-    {
-        var peer = EndPointText.PeerOf(socket);
-        try
-        {
-            socket.Blocking = false;
-            socket.Send(BusyLine(), SocketFlags.None, out _);
-            socket.Shutdown(SocketShutdown.Send);
-        }
-        catch (SocketException)
-        {
-            // Best effort: the peer may already be gone.
-        }
-        finally
-        {
-            socket.Dispose();
-        }
-
-        ReportBusy(id, peer);
     }
 }

@@ -53,7 +53,10 @@ public sealed partial class EchoServer : IAsyncDisposable
         Options = options;
         _logger = logger ?? NullLogger.Instance;
         PayloadSink = payloadSink;
+        _admission = new AdmissionStage(this);
     }
+
+    private readonly AdmissionStage _admission;
 
     public EchoServerOptions Options { get; }
 

@@ -99,28 +99,22 @@ internal sealed unsafe partial class EpollLoop
 
     private void Admit(int fd, bool tcp, EndPoint? peer)
     {
-        switch (_server.Admit(fd, ref peer, out long id, out string? refusal))
+        var verdict = _server.Admit(fd, ref peer, out long id);
+        if (verdict.Refused)
         {
-            case EchoServer.Admission.Refused:
-                Native.Close(fd); // no greeting, nothing sent: a stage said no
-                _server.ReportRefused(id, peer, refusal!);
-                return;
-            case EchoServer.Admission.Busy:
-                // Read once: the line changes with the limit, and another thread may lower it between two reads,
-                // which sent the length of one array from another (a read past the end of the shorter).
-                byte[] busy = _server.BusyLine();
-                fixed (byte* line = busy)
+            if (verdict.Reply is { } reply)
+            {
+                fixed (byte* line = reply)
                 {
-                    Native.Send(fd, line, (nuint)busy.Length, Native.MSG_NOSIGNAL);
+                    Native.Send(fd, line, (nuint)reply.Length, Native.MSG_NOSIGNAL);
                 }
 
                 Native.Shutdown(fd, Native.SHUT_WR);
-                Native.Close(fd);
-                _server.ReportBusy(id, peer);
-                return;
-            case EchoServer.Admission.Stopping:
-                Native.Close(fd);
-                return;
+            }
+
+            Native.Close(fd);
+            _server.ReportRefused(id, peer, verdict);
+            return;
         }
 
         if (tcp)

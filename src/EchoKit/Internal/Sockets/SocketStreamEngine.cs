@@ -84,18 +84,26 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
     private void OnAccepted(Socket socket)
     {
         EndPoint? peer = EndPointText.PeerOf(socket);
-        switch (server.Admit((int)socket.Handle, ref peer, out long id, out string? refusal))
+        var verdict = server.Admit((int)socket.Handle, ref peer, out long id);
+        if (verdict.Refused)
         {
-            case EchoServer.Admission.Refused:
-                socket.Dispose(); // no greeting, nothing sent: a stage said no
-                server.ReportRefused(id, peer, refusal!);
-                return;
-            case EchoServer.Admission.Busy:
-                server.RefuseBusy(id, socket);
-                return;
-            case EchoServer.Admission.Stopping:
-                socket.Dispose(); // accepted in the instant the listener was closing
-                return;
+            if (verdict.Reply is { } reply)
+            {
+                try
+                {
+                    socket.Blocking = false;
+                    socket.Send(reply, SocketFlags.None, out _);
+                    socket.Shutdown(SocketShutdown.Send);
+                }
+                catch (SocketException)
+                {
+                    // Best effort: the peer may already be gone.
+                }
+            }
+
+            socket.Dispose();
+            server.ReportRefused(id, peer, verdict);
+            return;
         }
 
         try

@@ -1,11 +1,20 @@
 namespace EchoKit.Internal.Stages;
 
-/// <summary>A stage's answer: go on, or refuse the connection (closed at once, no greeting) and say why.</summary>
-internal readonly record struct StageVerdict(string? RefusedBecause)
+/// <summary>
+/// A stage's answer: go on, or refuse the connection and say why. A refusal may carry a line for the peer
+/// (admission's <c>server busy: N connections</c>); otherwise the connection is closed with nothing sent.
+/// </summary>
+internal readonly record struct StageVerdict(string? RefusedBecause, CloseReason Reason = CloseReason.Refused, byte[]? Reply = null)
 {
     public static StageVerdict Continue => default;
 
     public static StageVerdict Refuse(string reason) => new(reason);
+
+    /// <summary>Admission's refusal: over the connection limit, or too close to the descriptor limit.</summary>
+    public static StageVerdict Busy(byte[] line) => new("server busy", CloseReason.ServerBusy, line);
+
+    /// <summary>Accepted in the instant the server stopped: closed, not reported.</summary>
+    public static StageVerdict Stopping => new("stopping", CloseReason.ServerShutdown);
 
     public bool Refused => RefusedBecause is not null;
 }
