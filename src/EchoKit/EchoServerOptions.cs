@@ -81,6 +81,7 @@ public sealed record EchoServerOptions
         {
             _stages = value;
             PrefixStages = value.OfType<Internal.Stages.IPrefixStage>().ToArray();
+            StreamStages = value.OfType<Internal.Stages.IStreamStage>().ToArray();
         }
     }
 
@@ -88,6 +89,9 @@ public sealed record EchoServerOptions
 
     /// <summary>The stages that read a prefix before the greeting, in order (derived from <see cref="Stages"/>).</summary>
     internal IReadOnlyList<Internal.Stages.IPrefixStage> PrefixStages { get; private init; } = [];
+
+    /// <summary>The stages that wrap the byte stream, in order (derived from <see cref="Stages"/>).</summary>
+    internal IReadOnlyList<Internal.Stages.IStreamStage> StreamStages { get; private init; } = [];
 
     /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
     public int EngineLoops { get; init; }

@@ -127,6 +127,14 @@ internal sealed unsafe partial class EpollLoop
             Native.SetUrgentInline(fd);
         }
 
+        if (_server.Options.StreamStages.Count > 0)
+        {
+            // A stage wraps this connection's byte stream: a stream loop serves it, not this loop.
+            _server.ReportAccepted(id, peer);
+            _engine.HandOver(fd, id, peer);
+            return;
+        }
+
         if (fd >= _byFd.Length)
         {
             Array.Resize(ref _byFd, Math.Max(fd + 1, _byFd.Length * 2));

@@ -11,6 +11,8 @@ internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IRead
 {
     private EpollLoop[] _loops = [];
     private int _aborted;
+    private Sockets.SocketStreamEngine? _wrapped; // connections whose byte stream a stage wraps: served by stream loops
+    private readonly Lock _wrappedGate = new();
 
     public void Start()
     {
@@ -36,8 +38,31 @@ internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IRead
             loop.Drain(deadlineMs, quietMs);
         }
 
+        var wrapped = _wrapped?.DrainAsync(deadlineMs, quietMs) ?? Task.FromResult(0);
         await Task.WhenAll(_loops.Select(l => l.Exited)).ConfigureAwait(false);
-        return Volatile.Read(ref _aborted);
+        return Volatile.Read(ref _aborted) + await wrapped.ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A loop hands over an admitted connection whose byte stream a stage wraps (TLS): the loops only read and
+    /// send raw bytes, so it is served by a stream loop, with the same timeouts and drain.
+    /// </summary>
+    internal void HandOver(int fd, long id, System.Net.EndPoint? peer)
+    {
+        Sockets.SocketStreamEngine engine;
+        lock (_wrappedGate)
+        {
+            if (_wrapped is null)
+            {
+                _wrapped = new Sockets.SocketStreamEngine(server, []);
+                _wrapped.Start(); // no listeners: only its heartbeat
+            }
+
+            engine = _wrapped;
+        }
+
+        var socket = new System.Net.Sockets.Socket(new System.Net.Sockets.SafeSocketHandle(fd, ownsHandle: true));
+        engine.RunAdmitted(socket, id, peer, reportAccepted: false);
     }
 
     /// <summary>A loop reset its connections at the drain's deadline; the server reports the sum once.</summary>

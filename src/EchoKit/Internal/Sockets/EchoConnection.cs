@@ -106,6 +106,12 @@ internal sealed class EchoConnection
                 payload = afterPrefix;
             }
 
+            if (options.StreamStages.Count > 0)
+            {
+                await RunWrappedAsync(options, payload).ConfigureAwait(false);
+                return;
+            }
+
             if (options.SendGreeting && !Succeeded(await SendAllAsync(Greeting.Bytes).ConfigureAwait(false)))
             {
                 return;
@@ -200,6 +206,104 @@ internal sealed class EchoConnection
             Peer = context.Peer;
             return outcome.Payload;
         }
+    }
+
+    /// <summary>
+    /// A connection whose byte stream a stage wraps (TLS): the wrap within its timeout, then the greeting and the
+    /// echo through the wrapped stream, and a FIN once the peer has finished. The same timeouts and drain apply:
+    /// while it waits for the peer it is "waiting"; a held-up write is a pending send.
+    /// </summary>
+    private async Task RunWrappedAsync(EchoServerOptions options, byte[] payload)
+    {
+        var context = new Stages.ConnectionContext(Id, (int)_socket.Handle, Peer);
+        _socket.Blocking = true; // NetworkStream refuses a non-blocking socket; its async calls do not block either way
+        Stream stream = new PrefixedStream(payload, new NetworkStream(_socket, ownsSocket: false));
+        foreach (var stage in options.StreamStages)
+        {
+            using var deadline = new CancellationTokenSource(stage.Timeout);
+            try
+            {
+                stream = await stage.WrapAsync(stream, context, deadline.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                Refuse($"{stage.GetType().Name}: not complete within {Durations.Format(stage.Timeout)}");
+                return;
+            }
+            catch (Exception e) when (e is IOException or System.Security.Authentication.AuthenticationException or InvalidOperationException or SocketException)
+            {
+                Refuse($"{stage.GetType().Name}: {e.Message}");
+                return;
+            }
+        }
+
+        Peer = context.Peer;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(options.ReceiveBufferSize);
+        try
+        {
+            if (options.SendGreeting)
+            {
+                await WriteWrappedAsync(stream, Greeting.Bytes).ConfigureAwait(false);
+            }
+
+            while (true)
+            {
+                _waiting = true;
+                int received = await stream.ReadAsync(buffer).ConfigureAwait(false);
+                _waiting = false;
+                if (received == 0)
+                {
+                    TrySetReason(_finSent ? CloseReason.ServerShutdown : CloseReason.PeerClosed);
+                    break;
+                }
+
+                Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
+                BytesIn += received;
+                if (_finSent)
+                {
+                    continue; // we already said goodbye at shutdown; drop what still arrives
+                }
+
+                await WriteWrappedAsync(stream, buffer.AsMemory(0, received)).ConfigureAwait(false);
+                if (_server.PayloadSink is { } sink)
+                {
+                    await sink.WriteAsync(Id, buffer.AsMemory(0, received)).ConfigureAwait(false);
+                }
+            }
+
+            if (!_finSent)
+            {
+                _finSent = true;
+                _socket.Shutdown(SocketShutdown.Send);
+            }
+        }
+        catch (IOException e) when (e.InnerException is SocketException se)
+        {
+            Succeeded(se.SocketErrorCode);
+        }
+        catch (IOException)
+        {
+            TrySetReason(CloseReason.Error);
+        }
+        catch (Exception e) when (e is InvalidOperationException or NotSupportedException or System.Security.Authentication.AuthenticationException)
+        {
+            TrySetReason(CloseReason.Error); // the wrapper failed mid-stream: this connection ends, nothing else
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>A write through the wrapper; while it waits, the send timeout watches it.</summary>
+    private async ValueTask WriteWrappedAsync(Stream stream, ReadOnlyMemory<byte> data)
+    {
+        Volatile.Write(ref _sendStartedMs, MonotonicClock.Milliseconds);
+        await stream.WriteAsync(data).ConfigureAwait(false);
+        Volatile.Write(ref _sendStartedMs, 0);
+        Volatile.Write(ref _lastSendProgressMs, MonotonicClock.Milliseconds);
+        BytesOut += data.Length;
     }
 
     private void Refuse(string reason)

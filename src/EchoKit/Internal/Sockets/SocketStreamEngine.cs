@@ -106,6 +106,15 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
             return;
         }
 
+        RunAdmitted(socket, id, peer, reportAccepted: true);
+    }
+
+    /// <summary>
+    /// Serves a connection already admitted: one accepted here, or one the epoll engine hands over because a
+    /// stage wraps its byte stream (<see cref="Stages.IStreamStage"/>), which this engine's stream loop serves.
+    /// </summary>
+    public void RunAdmitted(Socket socket, long id, EndPoint? peer, bool reportAccepted)
+    {
         try
         {
             if (socket.ProtocolType == ProtocolType.Tcp)
@@ -120,7 +129,11 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
         }
 
         var connection = new EchoConnection(id, socket, peer, server, this);
-        server.ReportAccepted(id, connection.Peer);
+        if (reportAccepted)
+        {
+            server.ReportAccepted(id, connection.Peer);
+        }
+
         // Registered before it runs, so that its close always finds the entry to remove. Nothing keeps
         // its Task: the connection reports its own end (OnConnectionClosed), which is all the drain needs.
         _connections[id] = connection;

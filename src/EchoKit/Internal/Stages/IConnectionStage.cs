@@ -8,7 +8,7 @@ namespace EchoKit.Internal.Stages;
 /// (<see cref="CloseReason.Refused"/>). Runs on the accepting thread: it must not block.
 ///
 /// A stage that must read the connection's first bytes before deciding (PROXY protocol) implements
-/// <see cref="IPrefixStage"/> too. Not yet here: a stage that wraps the byte stream (TLS).
+/// <see cref="IPrefixStage"/> too; one that wraps the byte stream (TLS) implements <see cref="IStreamStage"/>.
 /// </summary>
 internal interface IConnectionStage
 {
