@@ -41,23 +41,9 @@ public sealed class ConnectionStageTests
     [InlineData(EchoEngine.Socket)]
     public async Task A_stage_that_refuses_closes_before_the_greeting_and_its_reason_reaches_the_log_and_the_close(EchoEngine engine)
     {
-        Assert.SkipWhen(engine == EchoEngine.Epoll && !EchoServer.EpollSupported, "the epoll engine runs on Linux x86-64 only");
-        var logger = new CapturingLogger();
-        var closed = new List<ClosedConnection>();
         var refused = IPAddress.Parse("127.0.0.2");
-        await using var server = new EchoServer(new EchoServerOptions
-        {
-            Port = 0, Family = AddressFamily.InterNetwork, Engine = engine, Stages = [new RefuseFrom(refused)],
-        }, logger);
-        server.ConnectionClosed += c =>
-        {
-            lock (closed)
-            {
-                closed.Add(c);
-            }
-        };
-        server.Start();
-        int port = server.LocalEndPoints[0].Port;
+        await using var server = InProcessServer.Start(engine, new RefuseFrom(refused));
+        int port = server.Port;
 
         using (var denied = await ConnectFromAsync(refused, port))
         {
@@ -69,13 +55,12 @@ public sealed class ConnectionStageTests
             Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(welcome, GreetingBytes.Length));
         }
 
-        await ProcStats.WaitUntilAsync(() => { lock (closed) { return closed.Count == 2; } }, Deadline, () => string.Join('\n', logger.Lines));
-        var refusal = closed.Single(c => c.Reason == CloseReason.Refused);
+        var refusal = (await server.ClosedAsync(2)).Single(c => c.Reason == CloseReason.Refused);
         Assert.Equal("127.0.0.2 is not welcome (test stage)", refusal.Detail);
         Assert.Equal(1, refusal.Id);
-        Assert.Contains(logger.Lines, l => l.Contains("connection 1 from 127.0.0.2:", StringComparison.Ordinal)
+        Assert.Contains(server.Logger.Lines, l => l.Contains("connection 1 from 127.0.0.2:", StringComparison.Ordinal)
             && l.Contains("closed: refused: 127.0.0.2 is not welcome (test stage)", StringComparison.Ordinal));
-        Assert.Equal(0, server.ActiveConnections);
+        Assert.Equal(0, server.Server.ActiveConnections);
     }
 
     [Theory]
@@ -83,22 +68,14 @@ public sealed class ConnectionStageTests
     [InlineData(EchoEngine.Socket)]
     public async Task A_stage_can_replace_the_peer_that_logs_and_closes_see(EchoEngine engine)
     {
-        Assert.SkipWhen(engine == EchoEngine.Epoll && !EchoServer.EpollSupported, "the epoll engine runs on Linux x86-64 only");
-        var logger = new CapturingLogger();
         var real = new IPEndPoint(IPAddress.Parse("192.0.2.7"), 4242); // TEST-NET-1: never contacted, only named
-        await using var server = new EchoServer(new EchoServerOptions
-        {
-            Port = 0, Family = AddressFamily.InterNetwork, Engine = engine, Stages = [new ReplacePeer(real)],
-        }, logger);
-        var closedPeer = new TaskCompletionSource<EndPoint?>(TaskCreationOptions.RunContinuationsAsynchronously);
-        server.ConnectionClosed += c => closedPeer.TrySetResult(c.Peer);
-        server.Start();
-        using (var client = await ConnectAsync(server.LocalEndPoints[0].Port))
+        await using var server = InProcessServer.Start(engine, new ReplacePeer(real));
+        using (var client = await ConnectAsync(server.Port))
         {
             Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
         }
 
-        Assert.Equal(real, await closedPeer.Task.WaitAsync(Deadline));
-        Assert.Contains(logger.Lines, l => l.Contains("accepted from 192.0.2.7:4242", StringComparison.Ordinal));
+        Assert.Equal(real, Assert.Single(await server.ClosedAsync(1)).Peer);
+        Assert.Contains(server.Logger.Lines, l => l.Contains("accepted from 192.0.2.7:4242", StringComparison.Ordinal));
     }
 }

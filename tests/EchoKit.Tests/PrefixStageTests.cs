@@ -41,33 +41,6 @@ public sealed class PrefixStageTests
         }
     }
 
-    private static async Task<(EchoServer Server, CapturingLogger Logger, List<ClosedConnection> Closed)> StartAsync(EchoEngine engine)
-    {
-        Assert.SkipWhen(engine == EchoEngine.Epoll && !EchoServer.EpollSupported, "the epoll engine runs on Linux x86-64 only");
-        var logger = new CapturingLogger();
-        var closed = new List<ClosedConnection>();
-        var server = new EchoServer(new EchoServerOptions { Port = 0, Family = AddressFamily.InterNetwork, Engine = engine, Stages = [new HelloHeader()] }, logger);
-        server.ConnectionClosed += c =>
-        {
-            lock (closed)
-            {
-                closed.Add(c);
-            }
-        };
-        server.Start();
-        await Task.CompletedTask;
-        return (server, logger, closed);
-    }
-
-    private static async Task<ClosedConnection> OneClosedAsync(List<ClosedConnection> closed, CapturingLogger logger)
-    {
-        await ProcStats.WaitUntilAsync(() => { lock (closed) { return closed.Count == 1; } }, Deadline, () => string.Join('\n', logger.Lines));
-        lock (closed)
-        {
-            return closed[0];
-        }
-    }
-
     [Theory]
     [InlineData(EchoEngine.Epoll, true)]
     [InlineData(EchoEngine.Epoll, false)]
@@ -75,9 +48,8 @@ public sealed class PrefixStageTests
     [InlineData(EchoEngine.Socket, false)]
     public async Task A_header_split_a_byte_at_a_time_is_read_whole_and_the_payload_behind_it_is_echoed_once(EchoEngine engine, bool byteAtATime)
     {
-        var (server, logger, closed) = await StartAsync(engine);
-        await using var _ = server;
-        using var client = await ConnectAsync(server.LocalEndPoints[0].Port);
+        await using var server = InProcessServer.Start(engine, new HelloHeader());
+        using var client = await ConnectAsync(server.Port);
         byte[] header = "HELLO 203.0.113.9:4711\n"u8.ToArray();
         byte[] payload = "payload after the header"u8.ToArray();
         if (byteAtATime)
@@ -101,7 +73,7 @@ public sealed class PrefixStageTests
         client.Shutdown(SocketShutdown.Send);
         Assert.Empty(await ReceiveToEndAsync(client)); // nothing echoed twice
 
-        var done = await OneClosedAsync(closed, logger);
+        var done = Assert.Single(await server.ClosedAsync(1));
         Assert.Equal(CloseReason.PeerClosed, done.Reason);
         Assert.Equal(IPEndPoint.Parse("203.0.113.9:4711"), done.Peer);
         Assert.Equal(header.Length + payload.Length + 4, done.BytesIn);
@@ -116,9 +88,8 @@ public sealed class PrefixStageTests
     [InlineData(EchoEngine.Socket, "HELLO 203.0.113", "HelloHeader: prefix not complete within 500ms")]
     public async Task A_header_too_long_wrong_or_unfinished_is_refused_before_the_greeting_with_its_reason(EchoEngine engine, string sent, string reason)
     {
-        var (server, logger, closed) = await StartAsync(engine);
-        await using var _ = server;
-        using var client = await ConnectAsync(server.LocalEndPoints[0].Port);
+        await using var server = InProcessServer.Start(engine, new HelloHeader());
+        using var client = await ConnectAsync(server.Port);
         await client.SendAsync(Encoding.ASCII.GetBytes(sent));
         try
         {
@@ -129,10 +100,10 @@ public sealed class PrefixStageTests
             // Closed with unread bytes of ours in its buffer: an RST, which says the same.
         }
 
-        var refused = await OneClosedAsync(closed, logger);
+        var refused = Assert.Single(await server.ClosedAsync(1));
         Assert.Equal(CloseReason.Refused, refused.Reason);
         Assert.Equal(reason, refused.Detail);
-        Assert.Contains(logger.Lines, l => l.Contains("closed: refused: " + reason, StringComparison.Ordinal));
-        Assert.Equal(0, server.ActiveConnections);
+        Assert.Contains(server.Logger.Lines, l => l.Contains("closed: refused: " + reason, StringComparison.Ordinal));
+        Assert.Equal(0, server.Server.ActiveConnections);
     }
 }

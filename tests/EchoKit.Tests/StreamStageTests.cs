@@ -1,6 +1,4 @@
-using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using EchoKit.Internal.Stages;
 using EchoKit.Tests.Infrastructure;
 using static EchoKit.Tests.Infrastructure.Loopback;
@@ -100,31 +98,13 @@ public sealed class StreamStageTests
             : received[..3].SequenceEqual("HI\n"u8) ? PrefixVerdict.Done(3) : PrefixVerdict.Refuse("no HI");
     }
 
-    private static (EchoServer Server, CapturingLogger Logger, List<ClosedConnection> Closed) Start(EchoEngine engine, params IConnectionStage[] stages)
-    {
-        Assert.SkipWhen(engine == EchoEngine.Epoll && !EchoServer.EpollSupported, "the epoll engine runs on Linux x86-64 only");
-        var logger = new CapturingLogger();
-        var closed = new List<ClosedConnection>();
-        var server = new EchoServer(new EchoServerOptions { Port = 0, Family = AddressFamily.InterNetwork, Engine = engine, Stages = stages }, logger);
-        server.ConnectionClosed += c =>
-        {
-            lock (closed)
-            {
-                closed.Add(c);
-            }
-        };
-        server.Start();
-        return (server, logger, closed);
-    }
-
     [Theory]
     [InlineData(EchoEngine.Epoll)]
     [InlineData(EchoEngine.Socket)]
     public async Task The_greeting_and_the_echo_go_through_the_wrapped_stream(EchoEngine engine)
     {
-        var (server, logger, closed) = Start(engine, new XorStage());
-        await using var _ = server;
-        using var client = await ConnectAsync(server.LocalEndPoints[0].Port);
+        await using var server = InProcessServer.Start(engine, new XorStage());
+        using var client = await ConnectAsync(server.Port);
         Assert.Equal(Xored(GreetingBytes), await ReceiveExactlyAsync(client, GreetingBytes.Length)); // on the wire: wrapped
         var payload = ServeProcessTests.RandomBytes(300_000);
         var echo = ReceiveExactlyAsync(client, payload.Length);
@@ -132,9 +112,9 @@ public sealed class StreamStageTests
         Assert.Equal(Xored(payload), await echo);
         client.Shutdown(SocketShutdown.Send);
         Assert.Empty(await ReceiveToEndAsync(client)); // FIN after the echo, nothing more
-        await ProcStats.WaitUntilAsync(() => { lock (closed) { return closed.Count == 1; } }, Deadline, () => string.Join('\n', logger.Lines));
-        Assert.Equal(CloseReason.PeerClosed, closed[0].Reason);
-        Assert.Equal(payload.Length, closed[0].BytesIn);
+        var closed = Assert.Single(await server.ClosedAsync(1));
+        Assert.Equal(CloseReason.PeerClosed, closed.Reason);
+        Assert.Equal(payload.Length, closed.BytesIn);
     }
 
     [Theory]
@@ -144,14 +124,13 @@ public sealed class StreamStageTests
     [InlineData(EchoEngine.Socket, true, "XorStage: not complete within 500ms")]
     public async Task A_wrap_that_fails_or_never_finishes_is_refused_with_its_reason(EchoEngine engine, bool hang, string reason)
     {
-        var (server, logger, closed) = Start(engine, new XorStage(fail: !hang, hang: hang));
-        await using var _ = server;
-        using var client = await ConnectAsync(server.LocalEndPoints[0].Port);
+        await using var server = InProcessServer.Start(engine, new XorStage(fail: !hang, hang: hang));
+        using var client = await ConnectAsync(server.Port);
         Assert.Empty(await ReceiveToEndAsync(client)); // no greeting
-        await ProcStats.WaitUntilAsync(() => { lock (closed) { return closed.Count == 1; } }, Deadline, () => string.Join('\n', logger.Lines));
-        Assert.Equal(CloseReason.Refused, closed[0].Reason);
-        Assert.Equal(reason, closed[0].Detail);
-        Assert.Contains(logger.Lines, l => l.Contains("closed: refused: " + reason, StringComparison.Ordinal));
+        var refused = Assert.Single(await server.ClosedAsync(1));
+        Assert.Equal(CloseReason.Refused, refused.Reason);
+        Assert.Equal(reason, refused.Detail);
+        Assert.Contains(server.Logger.Lines, l => l.Contains("closed: refused: " + reason, StringComparison.Ordinal));
     }
 
     [Theory]
@@ -159,9 +138,8 @@ public sealed class StreamStageTests
     [InlineData(EchoEngine.Socket)]
     public async Task Bytes_behind_a_prefix_reach_the_wrapper_first(EchoEngine engine)
     {
-        var (server, _, _) = Start(engine, new HiHeader(), new XorStage());
-        await using var __ = server;
-        using var client = await ConnectAsync(server.LocalEndPoints[0].Port);
+        await using var server = InProcessServer.Start(engine, new HiHeader(), new XorStage());
+        using var client = await ConnectAsync(server.Port);
         await client.SendAsync((byte[])[.. "HI\n"u8, .. Xored("first"u8)]); // header and wrapped payload in one segment
         byte[] expected = [.. Xored(GreetingBytes), .. Xored("first"u8)];
         Assert.Equal(expected, await ReceiveExactlyAsync(client, expected.Length));
@@ -172,15 +150,13 @@ public sealed class StreamStageTests
     [InlineData(EchoEngine.Socket)]
     public async Task Wrapped_connections_are_drained_at_stop(EchoEngine engine)
     {
-        var (server, logger, closed) = Start(engine, new XorStage());
-        using var client = await ConnectAsync(server.LocalEndPoints[0].Port);
+        await using var server = InProcessServer.Start(engine, new XorStage());
+        using var client = await ConnectAsync(server.Port);
         Assert.Equal(Xored(GreetingBytes), await ReceiveExactlyAsync(client, GreetingBytes.Length));
-        var stopping = server.StopAsync();
+        var stopping = server.Server.StopAsync();
         Assert.Empty(await ReceiveToEndAsync(client)); // the drain's FIN
         client.Dispose();
         await stopping.WaitAsync(Deadline);
-        Assert.Equal(CloseReason.ServerShutdown, Assert.Single(closed).Reason);
-        await server.DisposeAsync();
-        _ = logger;
+        Assert.Equal(CloseReason.ServerShutdown, Assert.Single(await server.ClosedAsync(1)).Reason);
     }
 }
