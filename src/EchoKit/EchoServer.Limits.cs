@@ -59,18 +59,22 @@ public sealed partial class EchoServer
     /// <summary>A refused connection (already answered and closed by its engine): logged with its reason and announced.</summary>
     internal void ReportRefused(long id, EndPoint? peer, StageVerdict verdict)
     {
-        switch (verdict.Reason)
+        if (verdict.Reason == CloseReason.ServerShutdown)
         {
-            case CloseReason.ServerShutdown:
-                return; // accepted as the server stopped: nothing to tell
-            case CloseReason.ServerBusy:
-                Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit);
-                ConnectionClosed?.Invoke(new ClosedConnection(id, peer, CloseReason.ServerBusy, SocketError.Success, 0, 0, TimeSpan.Zero));
-                return;
+            return; // accepted as the server stopped: nothing to tell
         }
 
-        var closed = new ClosedConnection(id, peer, verdict.Reason, SocketError.Success, 0, 0, TimeSpan.Zero) { Detail = verdict.RefusedBecause };
-        LogClosed(closed);
+        bool busy = verdict.Reason == CloseReason.ServerBusy;
+        var closed = new ClosedConnection(id, peer, verdict.Reason, SocketError.Success, 0, 0, TimeSpan.Zero) { Detail = busy ? null : verdict.RefusedBecause };
+        if (busy)
+        {
+            Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit); // the busy line says it all: no "closed" line
+        }
+        else
+        {
+            LogClosed(closed);
+        }
+
         ConnectionClosed?.Invoke(closed);
     }
 

@@ -177,14 +177,14 @@ public sealed partial class EchoServer : IAsyncDisposable
     private void EnsureEnoughDescriptors()
     {
         int sockets = Options.UnixPath is not null ? 1 : AddressesToBind().Count() * ((Options.Tcp ? 1 : 0) + (Options.Udp ? 1 : 0));
-        int engine = Options.Tcp && UsesEpoll ? EpollStreamEngine.DescriptorsNeeded(Options) : 0;
-        int loops = engine / 2;
+        int loops = Options.Tcp && UsesEpoll ? EpollStreamEngine.LoopCount(Options) : 0;
+        int engine = EpollStreamEngine.DescriptorsPerLoop * loops;
         if (DescriptorBudget.Shortfall(sockets + engine) is { } shortfall)
         {
             Exchange(ServerState.New);
             throw new ListenFailedException(
                 $"the descriptor limit (ulimit -n) is {shortfall.Limit}, and the server needs at least {shortfall.Needed} to serve one connection "
-                + $"({shortfall.OpenNow} open now, {sockets} to listen, {2 * loops} for {loops} event loops, {DescriptorBudget.Reserve} kept free for the runtime, "
+                + $"({shortfall.OpenNow} open now, {sockets} to listen, {engine} for {loops} event loops, {DescriptorBudget.Reserve} kept free for the runtime, "
                 + $"{DescriptorBudget.SpareCount} spares): raise the limit (ulimit -n 1024, LimitNOFILE=) or use fewer --loops",
                 SocketError.TooManyOpenSockets);
         }

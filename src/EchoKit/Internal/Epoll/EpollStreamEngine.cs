@@ -17,17 +17,18 @@ internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IRead
     public void Start()
     {
         var descriptors = listeners.Select(l => l.DescriptorForEpoll()).ToArray();
-        int count = server.Options.EngineLoops > 0 ? server.Options.EngineLoops : Environment.ProcessorCount;
-        _loops = new EpollLoop[listeners.Count == 0 ? 0 : count];
+        _loops = new EpollLoop[listeners.Count == 0 ? 0 : LoopCount(server.Options)];
         for (int i = 0; i < _loops.Length; i++)
         {
             _loops[i] = new EpollLoop(i, server, this, logger, descriptors);
         }
     }
 
-    /// <summary>The descriptors the engine needs of its own beside the listeners: an epoll set and an eventfd per loop.</summary>
-    public static int DescriptorsNeeded(EchoServerOptions options) =>
-        2 * (options.EngineLoops > 0 ? options.EngineLoops : Environment.ProcessorCount);
+    /// <summary>Event loops: <see cref="EchoServerOptions.EngineLoops"/>, or one per CPU this process may use.</summary>
+    public static int LoopCount(EchoServerOptions options) => options.EngineLoops > 0 ? options.EngineLoops : Environment.ProcessorCount;
+
+    /// <summary>The descriptors each loop holds of its own: an epoll set and an eventfd.</summary>
+    public const int DescriptorsPerLoop = 2;
 
     public Task StopAcceptingAsync() => Task.WhenAll(_loops.Select(l => l.StopAcceptingAsync()));
 
