@@ -37,13 +37,14 @@ internal static class BenchCommand
         };
         var connectTimeout = CliOptions.Duration("--connect-timeout", "Give up on a connection after this long", "10s", allowZero: false);
         var echoTimeout = CliOptions.Duration("--echo-timeout", "A connection with messages in flight and no byte back for this long has stopped echoing: the run fails (exit 11)", "2s", allowZero: false);
-        var udp = new Option<bool>("--udp", "-u") { Description = "UDP ping-pong datagrams (depth 1); a reply missing after 200 ms counts as lost (in errors)" };
+        var udp = new Option<bool>("--udp", "-u") { Description = "UDP datagrams, --depth in flight per flow (each flow its own socket), every one checked; lost, late and reordered ones counted" };
+        var udpTimeout = CliOptions.Duration("--udp-timeout", "With --udp: a datagram not echoed within this long is lost (its flow goes on)", "200ms", allowZero: false);
         var json = new Option<bool>("--json") { Description = "Print one JSON object (echoload's field names) instead of the report" };
         var engine = CliOptions.Engine("Drive TCP/Unix connections from our own epoll loops (Linux x86-64) or with .NET's async Socket calls; auto picks epoll where it runs");
 
         var command = new Command("bench", "Load an echo server: messages/s, MB/s and latency percentiles, every echoed byte checked.")
         {
-            target, unix, udp, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, echoTimeout.Option, json, engine,
+            target, unix, udp, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, echoTimeout.Option, udpTimeout.Option, json, engine,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -61,14 +62,21 @@ internal static class BenchCommand
 
             if (result.GetValue(udp))
             {
-                string? udpError = result.GetValue(depth) != 1 ? "--udp measures ping-pong only: leave --depth at 1"
-                    : result.GetValue(rate) is not null ? "--udp has no open-loop mode yet: leave out --rate"
-                    : result.GetValue(size) < 8 ? "with --udp, --size must be at least 8 (each datagram carries its sequence number)"
+                bool loops = EchoServer.EpollSupported && result.GetValue(engine) != EchoEngine.Socket;
+                string? udpError = result.GetValue(size) < UdpLoadLoop.HeaderBytes
+                        ? $"with --udp, --size must be at least {UdpLoadLoop.HeaderBytes} (each datagram carries a {UdpLoadLoop.HeaderBytes}-byte header: flow, check word, sequence number)"
+                    : unixPath is null && result.GetValue(size) > MaxUdpPayload ? $"with --udp, --size must be at most {MaxUdpPayload} (the largest UDP payload over IPv4)"
+                    : !loops && result.GetValue(depth) != 1 ? "--udp on the socket engine measures ping-pong only: leave --depth at 1 (or use the epoll engine)"
+                    : !loops && result.GetValue(rate) is not null ? "--udp on the socket engine has no open loop: leave out --rate (or use the epoll engine)"
                     : null;
                 if (udpError is not null)
                 {
                     return Program.FailUsage("bench", udpError);
                 }
+            }
+            else if (result.GetValue(udpTimeout.Option) is not null)
+            {
+                return Program.FailUsage("bench", "--udp-timeout needs --udp");
             }
 
             string host = unixPath ?? "";
@@ -93,12 +101,15 @@ internal static class BenchCommand
                 Rate = result.GetValue(rate),
                 ConnectTimeout = connectTimeout.Get(result)!.Value,
                 EchoTimeout = echoTimeout.Get(result)!.Value,
+                UdpTimeout = udpTimeout.Get(result)!.Value,
                 Engine = result.GetValue(engine),
             };
             return await RunAsync(options, result.GetValue(json)).ConfigureAwait(false);
         });
         return command;
     }
+
+    private const int MaxUdpPayload = 65_507;
 
     private static double Invalid(System.CommandLine.Parsing.ArgumentResult result, string message)
     {
@@ -159,7 +170,13 @@ internal static class BenchCommand
             return Program.Fail(ExitCodes.BenchMismatch, $"{result.Mismatches} echoed bytes differed from what was sent{hint}");
         }
 
-        if (result.NoEcho > 0)
+        if (result.Udp && result.NoEcho * 100 > result.Connections)
+        {
+            return Program.Fail(ExitCodes.BenchNoEcho, string.Create(CultureInfo.InvariantCulture,
+                $"{result.NoEcho} of {result.Connections} UDP flows never got an echo: every datagram lost ({result.Lost} in the measured window, {Durations.Format(options.UdpTimeout)} timeout; is it a UDP echo server, and is it stalled?)"));
+        }
+
+        if (!result.Udp && result.NoEcho > 0)
         {
             string what = result.Messages == 0 ? "no message came back at all" : $"no byte came back for {Durations.Format(options.EchoTimeout)} with messages in flight";
             return Program.Fail(ExitCodes.BenchNoEcho,
@@ -226,6 +243,10 @@ internal static class BenchCommand
         Print(string.Create(culture, $"  throughput  {r.MessagesPerSecond,12:N0} msgs/s  {r.MegabytesPerSecond,10:0.00} MB/s"));
         Print(string.Create(culture, $"  latency     p50 {r.P50Us:0.0} us  p90 {r.P90Us:0.0} us  p99 {r.P99Us:0.0} us  p99.9 {r.P999Us:0.0} us  max {r.MaxUs:0.0} us"));
         Print(string.Create(culture, $"  messages    {r.Messages:N0}   errors {r.Errors}   mismatches {r.Mismatches}   connect failures {r.ConnectFailures}{(r.NoEcho > 0 ? $"   no echo {r.NoEcho}" : "")}"));
+        if (r.Udp)
+        {
+            Print(string.Create(culture, $"  datagrams   lost {r.Lost:N0} ({r.LostPercent:0.###} %, not back within {r.UdpTimeoutMs:0} ms)   late {r.Late:N0}   reordered {r.Reordered:N0}"));
+        }
     }
 
     /// <summary>A line of the report on stdout; a stdout that is closed or fails is one warning, and the exit code still tells.</summary>
@@ -258,6 +279,16 @@ internal static class BenchCommand
             writer.WriteNumber("connect_failures", r.ConnectFailures);
             writer.WriteNumber("active_at_end", r.ActiveAtEnd);
             writer.WriteNumber("no_echo", r.NoEcho);
+            if (r.Udp)
+            {
+                writer.WriteString("proto", "udp");
+                writer.WriteNumber("lost", r.Lost);
+                writer.WriteNumber("late", r.Late);
+                writer.WriteNumber("reordered", r.Reordered);
+                writer.WriteNumber("lost_pct", Math.Round(r.LostPercent, 3));
+                writer.WriteNumber("udp_timeout_ms", r.UdpTimeoutMs);
+                writer.WriteNumber("silent_flows", r.NoEcho);
+            }
             writer.WriteEndObject();
         }
 

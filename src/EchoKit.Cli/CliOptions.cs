@@ -68,6 +68,50 @@ internal static class CliOptions
         return (int)value;
     }
 
+    /// <summary>A size in bytes: a whole number, or with a binary suffix as nginx takes them (64k, 4m, 1g; KiB, MiB, GiB).</summary>
+    public static Option<int?> Bytes(string name, string description, int min, int max) => new(name)
+    {
+        Description = description,
+        HelpName = "bytes",
+        CustomParser = result => ParseBytes(result, name, min, max),
+    };
+
+    public static int? ParseBytes(ArgumentResult result, string name, int min, int max)
+    {
+        string text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+        string digits = text.TrimEnd('b', 'B', 'i');
+        long unit = digits.Length == 0 ? 1 : char.ToLowerInvariant(digits[^1]) switch
+        {
+            'k' => 1L << 10,
+            'm' => 1L << 20,
+            'g' => 1L << 30,
+            _ => 1,
+        };
+        if (unit > 1)
+        {
+            digits = digits[..^1];
+        }
+        else
+        {
+            digits = text; // no unit: only digits are a size ("12b" is not)
+        }
+
+        if (!long.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out long value) || value > long.MaxValue / unit)
+        {
+            result.AddError($"invalid {name} value '{text}': not a size in bytes (a whole number, or with k, m or g: 256k, 4m)");
+            return null;
+        }
+
+        value *= unit;
+        if (value < min || value > max)
+        {
+            result.AddError($"invalid {name} value '{text}': out of range (expected {min} to {max} bytes)");
+            return null;
+        }
+
+        return (int)value;
+    }
+
     /// <summary>--engine for serve and bench; asking for epoll where it cannot run is a usage error.</summary>
     public static Option<EchoEngine> Engine(string description)
     {

@@ -61,6 +61,8 @@ internal static class ServeCommand
             HelpName = "bytes",
             CustomParser = r => CliOptions.ParseInteger(r, "--max-datagram", 1, 16 * 1024 * 1024),
         };
+        var udpReceiveBuffer = CliOptions.Bytes("--udp-rcvbuf", "Receive buffer of each datagram socket (SO_RCVBUF): room for bursts; past net.core.rmem_max only as root [default: 4m]", 4096, 1 << 30);
+        var udpSendBuffer = CliOptions.Bytes("--udp-sndbuf", "Send buffer of each datagram socket (SO_SNDBUF) [default: 4m]", 4096, 1 << 30);
         var udpLowPorts = new Option<bool>("--udp-allow-low-ports") { Description = "Answer UDP datagrams from source ports below 1024 (off: reflection-loop risk, CVE-2024-2169)" };
         var noGreeting = new Option<bool>("--no-greeting") { Description = "Do not send the three greeting lines (plain RFC 862 echo)" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Do not write received bytes to stdout" };
@@ -98,7 +100,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, engine, loops, busyPoll.Option,
+            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, udpReceiveBuffer, udpSendBuffer, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, engine, loops, busyPoll.Option,
         };
 
         command.SetAction(async (result, _) =>
@@ -121,9 +123,12 @@ internal static class ServeCommand
                 return Program.FailUsage("serve", "--tcp --udp with --unix: a socket file is either a stream (--unix) or a datagram socket (--udp --unix); run one server per path");
             }
 
-            if (result.GetValue(maxDatagram) is not null && !result.GetValue(udp))
+            foreach (var datagramOnly in new[] { maxDatagram, udpReceiveBuffer, udpSendBuffer })
             {
-                return Program.FailUsage("serve", "--max-datagram needs --udp");
+                if (result.GetValue(datagramOnly) is not null && !result.GetValue(udp))
+                {
+                    return Program.FailUsage("serve", $"{datagramOnly.Name} needs --udp");
+                }
             }
 
             if (result.GetValue(unixMode) is not null && unixPath is null)
@@ -169,6 +174,8 @@ internal static class ServeCommand
                 UdpRate = result.GetValue(udpRate),
                 UdpAllowLowPorts = result.GetValue(udpLowPorts),
                 MaxDatagramSize = result.GetValue(maxDatagram),
+                UdpReceiveBufferBytes = result.GetValue(udpReceiveBuffer),
+                UdpSendBufferBytes = result.GetValue(udpSendBuffer),
                 UnixMode = result.GetValue(unixMode),
                 SendGreeting = !result.GetValue(noGreeting),
                 ShutdownTimeout = shutdownTimeout.Get(result)!.Value,

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using EchoKit.Internal;
+using EchoKit.Internal.Datagrams;
 using EchoKit.Internal.Epoll;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -154,7 +155,8 @@ public sealed partial class EchoServer : IAsyncDisposable
             bool dualStack = datagrams.LocalEndPoint is IPEndPoint ip && ip.Address.Equals(IPAddress.IPv6Any) && Options.Family is null;
             ReportListening(datagrams.UnixPath is not null
                 ? EndPointText.Format(datagrams.LocalEndPoint) + " (datagram)"
-                : "udp " + EndPointText.Format(datagrams.LocalEndPoint) + (dualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
+                : "udp " + EndPointText.Format(datagrams.LocalEndPoint) + (dualStack ? " (dual-stack: IPv4 and IPv6)" : "")
+                    + (datagrams.Loops > 1 ? $" ({datagrams.Loops} loops, SO_REUSEPORT)" : ""));
         }
 
         _connectionLimit = _startConnectionLimit = EffectiveConnectionLimit();
@@ -176,7 +178,8 @@ public sealed partial class EchoServer : IAsyncDisposable
     /// <summary>Refuses to start, with what is needed, where the descriptor limit leaves no room to serve anyone.</summary>
     private void EnsureEnoughDescriptors()
     {
-        int sockets = Options.UnixPath is not null ? 1 : AddressesToBind().Count() * ((Options.Tcp ? 1 : 0) + (Options.Udp ? 1 : 0));
+        int sockets = Options.UnixPath is not null ? 1
+            : AddressesToBind().Count() * ((Options.Tcp ? 1 : 0) + (Options.Udp ? DatagramEchoService.SocketsPerAddress(Options) : 0));
         int loops = Options.Tcp && UsesEpoll ? EpollStreamEngine.LoopCount(Options) : 0;
         int engine = EpollStreamEngine.DescriptorsPerLoop * loops;
         if (DescriptorBudget.Shortfall(sockets + engine) is { } shortfall)

@@ -32,6 +32,15 @@ public sealed record EchoServerOptions
     /// </summary>
     public int? MaxDatagramSize { get; init; }
 
+    /// <summary>
+    /// The receive buffer (SO_RCVBUF) of each UDP or Unix datagram socket, in bytes: room for a burst. Null:
+    /// 4 MiB. Above net.core.rmem_max only with CAP_NET_ADMIN (SO_RCVBUFFORCE); a capped size is logged.
+    /// </summary>
+    public int? UdpReceiveBufferBytes { get; init; }
+
+    /// <summary>The send buffer (SO_SNDBUF) of each datagram socket, in bytes. Null: 4 MiB (capped by net.core.wmem_max).</summary>
+    public int? UdpSendBufferBytes { get; init; }
+
     /// <summary>Listen on this Unix domain socket instead of TCP: a stream socket, or a datagram socket with <see cref="Udp"/> alone.</summary>
     public string? UnixPath { get; init; }
 

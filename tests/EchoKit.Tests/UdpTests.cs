@@ -237,8 +237,14 @@ public sealed class UdpTests
     }
 
     [Theory]
-    [InlineData("--udp measures ping-pong only", "-d", "4")]
-    [InlineData("with --udp, --size must be at least 8", "-s", "4")]
+    [InlineData("with --udp, --size must be at least 16", "-s", "15")]
+    [InlineData("with --udp, --size must be at most 65507", "-s", "65508")]
+    [InlineData("--udp on the socket engine measures ping-pong only", "--engine", "socket", "-d", "4")]
+    [InlineData("--udp on the socket engine has no open loop", "--engine", "socket", "--rate", "100")]
     public Task Bench_udp_flags_are_validated(string expected, params string[] args) =>
         ServeProcessTests.AssertUsageErrorAsync(expected, ["bench", "--udp", "127.0.0.1:9", .. args]);
+
+    [Fact]
+    public Task Bench_udp_timeout_needs_udp() =>
+        ServeProcessTests.AssertUsageErrorAsync("--udp-timeout needs --udp", ["bench", "127.0.0.1:9", "--udp-timeout", "1s"]);
 }

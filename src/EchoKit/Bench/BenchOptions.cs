@@ -7,8 +7,11 @@ public sealed record BenchOptions
 
     public int Port { get; init; } = 8888;
 
-    /// <summary>UDP ping-pong datagrams instead of a TCP stream (depth 1; a reply missing after 200 ms counts as lost).</summary>
+    /// <summary>UDP datagrams instead of a TCP stream: <see cref="Depth"/> in flight per flow, each checked whole; one not back within <see cref="UdpTimeout"/> is lost.</summary>
     public bool Udp { get; init; }
+
+    /// <summary>UDP: a datagram not echoed within this long counts as lost, and its flow goes on.</summary>
+    public TimeSpan UdpTimeout { get; init; } = TimeSpan.FromMilliseconds(200);
 
     /// <summary>Load a Unix domain stream socket at this path instead of Host:Port.</summary>
     public string? UnixPath { get; init; }

@@ -46,4 +46,21 @@ public sealed record BenchResult
 
     /// <summary>Connections still working when the window closed.</summary>
     public int ActiveAtEnd { get; init; }
+
+    /// <summary>A UDP (or Unix datagram) run: <see cref="Lost"/>, <see cref="Late"/> and <see cref="Reordered"/> apply.</summary>
+    public bool Udp { get; init; }
+
+    /// <summary>UDP: datagrams not echoed within <see cref="UdpTimeoutMs"/> (measured window).</summary>
+    public long Lost { get; init; }
+
+    /// <summary>UDP: echoes that came after their datagram was counted lost, or twice.</summary>
+    public long Late { get; init; }
+
+    /// <summary>UDP: on-time echoes that came back after a datagram sent later.</summary>
+    public long Reordered { get; init; }
+
+    /// <summary>UDP: lost datagrams as a share of those echoed or lost, in percent.</summary>
+    public double LostPercent => Messages + Lost > 0 ? 100.0 * Lost / (Messages + Lost) : 0;
+
+    public double UdpTimeoutMs { get; init; }
 }

@@ -7,8 +7,20 @@ internal interface ILoadFlow
 
     long Mismatches { get; }
 
-    /// <summary>Open loop: scheduling overruns; UDP: datagrams whose reply was lost.</summary>
+    /// <summary>Open loop: scheduling overruns.</summary>
     long Overruns { get; }
+
+    /// <summary>UDP: datagrams not echoed within the loss timeout (measured window).</summary>
+    long Lost => 0;
+
+    /// <summary>UDP: echoes that came after their datagram was counted lost, or twice (measured window).</summary>
+    long Late => 0;
+
+    /// <summary>UDP: on-time echoes that came back after one sent later (measured window).</summary>
+    long Reordered => 0;
+
+    /// <summary>UDP: a flow that is still open and never got an echo.</summary>
+    bool Silent => false;
 
     bool Failed { get; }
 

@@ -42,7 +42,7 @@ public sealed class LoadGenerator
         ArgumentNullException.ThrowIfNull(options);
         _options = options;
         // Twice the pattern, so that any window of up to PatternLength bytes is contiguous.
-        _pattern = new byte[2 * PatternLength];
+        _pattern = GC.AllocateArray<byte>(2 * PatternLength, pinned: true); // pinned: the UDP loop sends from it by address
         new Random(options.Seed).NextBytes(_pattern.AsSpan(0, PatternLength));
         _pattern.AsSpan(0, PatternLength).CopyTo(_pattern.AsSpan(PatternLength));
         _histogram = new ThreadLocal<LongHistogram>(() =>
@@ -59,8 +59,8 @@ public sealed class LoadGenerator
     /// <summary>The pattern, twice over (any window of up to <see cref="PatternLength"/> bytes is contiguous).</summary>
     internal byte[] PatternArray => _pattern;
 
-    /// <summary>Whether stream connections run on <see cref="EpollLoadLoop"/>s.</summary>
-    private bool UsesEpoll => !_options.Udp && Internal.EngineChoice.UsesEpoll(_options.Engine);
+    /// <summary>Whether flows run on epoll loops (<see cref="EpollLoadLoop"/>, <see cref="UdpLoadLoop"/>) rather than async Socket calls.</summary>
+    private bool UsesEpoll => Internal.EngineChoice.UsesEpoll(_options.Engine);
 
     internal ReadOnlySpan<byte> Pattern(long position, int length) => _pattern.AsSpan((int)(position % PatternLength), length);
 
@@ -177,7 +177,7 @@ public sealed class LoadGenerator
                 LoadConnection.GreetingSeen seen = LoadConnection.GreetingSeen.Counted;
                 if (_options.Udp)
                 {
-                    worker = UdpLoadConnection.Open(this, i, target);
+                    worker = epoll ? UdpLoadFlow.Open(this, i, target, UdpLoadLoop.SlotsPerFlow(_options)) : UdpLoadConnection.Open(this, i, target);
                 }
                 else
                 {
@@ -229,14 +229,16 @@ public sealed class LoadGenerator
     private async Task<(double Seconds, int ActiveAtEnd, int NoEcho)> LoadAsync(bool epoll, CancellationToken cancellationToken)
     {
         _phase = RunPhase.Warmup;
-        EpollLoadLoop[] loops = [];
+        LoadEventLoop[] loops = [];
         Task[] runs;
         if (epoll)
         {
             // One loop per CPU this process may use, each with every n-th connection.
             int count = Math.Min(Environment.ProcessorCount, _workers.Count);
             loops = Enumerable.Range(0, count)
-                .Select(l => new EpollLoadLoop(l, this, _workers.Cast<EpollLoadConnection>().Where((_, i) => i % count == l).ToArray()))
+                .Select(l => _options.Udp
+                    ? (LoadEventLoop)new UdpLoadLoop(l, this, _workers.Cast<UdpLoadFlow>().Where((_, i) => i % count == l).ToArray())
+                    : new EpollLoadLoop(l, this, _workers.Cast<EpollLoadConnection>().Where((_, i) => i % count == l).ToArray()))
                 .ToArray();
             runs = loops.Select(l => l.Exited).ToArray();
         }
@@ -274,8 +276,10 @@ public sealed class LoadGenerator
         int activeAtEnd = _workers.Count(w => !w.Failed);
         long end = Stopwatch.GetTimestamp();
         long echoTimeoutTicks = (long)(_options.EchoTimeout.TotalSeconds * Stopwatch.Frequency);
-        int noEcho = _workers.Count(w => !w.Failed && w.InFlight > 0
-            && (w.LastReceiveTimestamp == 0 || end - w.LastReceiveTimestamp > echoTimeoutTicks));
+        int noEcho = _options.Udp
+            ? _workers.Count(w => !w.Failed && w.Silent) // every datagram lost: counted as it happened, nothing hangs
+            : _workers.Count(w => !w.Failed && w.InFlight > 0
+                && (w.LastReceiveTimestamp == 0 || end - w.LastReceiveTimestamp > echoTimeoutTicks));
         foreach (var worker in _workers)
         {
             worker.Close();
@@ -314,6 +318,11 @@ public sealed class LoadGenerator
             ActiveAtEnd = activeAtEnd,
             NoEcho = noEcho,
             Unsolicited = _workers.Any(w => w.Unsolicited),
+            Udp = _options.Udp,
+            Lost = _workers.Sum(w => w.Lost),
+            Late = _workers.Sum(w => w.Late),
+            Reordered = _workers.Sum(w => w.Reordered),
+            UdpTimeoutMs = _options.UdpTimeout.TotalMilliseconds,
         };
     }
 

@@ -31,7 +31,13 @@ internal sealed class UdpLoadConnection : ILoadFlow
 
     public long Mismatches { get; private set; }
 
-    public long Overruns { get; private set; }
+    public long Overruns => 0;
+
+    public long Lost { get; private set; }
+
+    private long _echoes;
+
+    public bool Silent => !Failed && _echoes == 0;
 
     public bool Failed { get; private set; }
 
@@ -85,7 +91,11 @@ internal sealed class UdpLoadConnection : ILoadFlow
                     }
                     catch (OperationCanceledException)
                     {
-                        Overruns++; // lost: no reply in time
+                        if (_owner.Measuring)
+                        {
+                            Lost++; // no reply in time
+                        }
+
                         break;
                     }
 
@@ -94,6 +104,7 @@ internal sealed class UdpLoadConnection : ILoadFlow
                         continue; // a late reply to a datagram already counted as lost
                     }
 
+                    _echoes++;
                     if (!reply.AsSpan(0, n).SequenceEqual(datagram))
                     {
                         Mismatches++;

@@ -51,6 +51,9 @@ internal static partial class Log
     [LoggerMessage(12, LogLevel.Information, "{Transport}: {Echoed} datagrams echoed, {Drops}")]
     public static partial void DatagramSummary(ILogger logger, string transport, long echoed, string drops);
 
+    [LoggerMessage(15, LogLevel.Warning, "{Transport}: asked for a {Which} buffer of {Asked} bytes, the kernel gave {Given} (net.core.{Sysctl} caps it without CAP_NET_ADMIN: sysctl -w net.core.{Sysctl}={Asked})")]
+    public static partial void DatagramBufferCapped(ILogger logger, string transport, string which, int asked, int given, string sysctl);
+
     [LoggerMessage(13, LogLevel.Debug, "event loop {Index}: {Polled} of {Reads} reads found their bytes by polling the connection directly (dense traffic)")]
     public static partial void LoopReads(ILogger logger, int index, long polled, long reads);
 

@@ -190,6 +190,7 @@ internal static unsafe partial class Native
     public static SocketError ToSocketError(int errno) => errno switch
     {
         ECONNRESET => SocketError.ConnectionReset,
+        111 => SocketError.ConnectionRefused,
         EPIPE => SocketError.Shutdown,
         ECONNABORTED => SocketError.ConnectionAborted,
         110 => SocketError.TimedOut,

@@ -1,7 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 
-namespace EchoKit.Internal;
+namespace EchoKit.Internal.Datagrams;
 
 /// <summary>
 /// The per-source token buckets of the UDP reflection guard, in a fixed table: its memory is the same for
@@ -13,7 +13,7 @@ namespace EchoKit.Internal;
 /// for a second: forgetting it loses nothing); otherwise the two share the bucket. Sharing only ever drops
 /// more, never answers more: a source gets at most <c>rate</c> replies a second, and all sources together
 /// at most <c>rate</c> × <see cref="Slots"/>. The slot is chosen by HashCode, which is seeded per process,
-/// so a spoofer cannot aim at a given source's slot. Used by one receive loop at a time: no locks.
+/// so a spoofer cannot aim at a given source's slot. Loops share it without locks (see DatagramPolicy).
 /// </summary>
 internal sealed class SourceRateTable
 {
@@ -38,9 +38,12 @@ internal sealed class SourceRateTable
     }
 
     /// <summary>Takes a token for the source of <paramref name="from"/>; false: over the rate, drop it.</summary>
-    public bool TryTake(SocketAddress from, long nowMs)
+    public bool TryTake(SocketAddress from, long nowMs) => TryTake(from.Buffer.Span[..from.Size], nowMs);
+
+    /// <summary>Takes a token for the source of <paramref name="sockaddr"/> (sockaddr_in or sockaddr_in6, as the kernel wrote it).</summary>
+    public bool TryTake(ReadOnlySpan<byte> sockaddr, long nowMs)
     {
-        var (high, low) = Key(from);
+        var (high, low) = Key(sockaddr);
         ref var slot = ref _slots[(uint)HashCode.Combine(high, low) & (Slots - 1)];
         double tokens = slot.LastMs == 0 ? _burst : Math.Min(_burst, slot.Tokens + (nowMs - slot.LastMs) * _perMs);
         if (slot.High != high || slot.Low != low)
@@ -64,10 +67,9 @@ internal sealed class SourceRateTable
     }
 
     /// <summary>The source address (not the port) as 128 bits: IPv4 in the low word, IPv6 (mapped IPv4 too) whole.</summary>
-    private static (ulong High, ulong Low) Key(SocketAddress from)
+    private static (ulong High, ulong Low) Key(ReadOnlySpan<byte> bytes)
     {
-        var bytes = from.Buffer.Span;
-        if (from.Family == AddressFamily.InterNetwork)
+        if (SocketAddressFamily.Of(bytes) == AddressFamily.InterNetwork)
         {
             return (0, BitConverter.ToUInt32(bytes.Slice(4, 4))); // sockaddr_in: sin_addr at 4
         }
