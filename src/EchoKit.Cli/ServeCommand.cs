@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
+using EchoKit.Internal.Tls;
 using Microsoft.Extensions.Logging;
 
 namespace EchoKit.Cli;
@@ -103,6 +104,12 @@ internal static class ServeCommand
             port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, udpReceiveBuffer, udpSendBuffer, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, engine, loops, busyPoll.Option,
         };
 
+        var tls = new ServeTlsOptions();
+        foreach (var option in tls.All)
+        {
+            command.Options.Add(option);
+        }
+
         command.SetAction(async (result, _) =>
         {
             IReadOnlyList<IPAddress> addresses = [];
@@ -163,13 +170,26 @@ internal static class ServeCommand
                 }
             }
 
+            bool servesTcp = result.GetValue(tcp) || !result.GetValue(udp);
+            var (tlsSettings, tlsUsage, tlsError) = tls.Read(result, servesTcp, unixPath is not null, ServeTlsOptions.SelfSignedNames(addresses));
+            if (tlsUsage is not null)
+            {
+                return Program.FailUsage("serve", tlsUsage);
+            }
+
+            if (tlsError is not null)
+            {
+                return Program.Fail(ExitCodes.CannotListen, tlsError);
+            }
+
             var options = new EchoServerOptions
             {
+                Tls = tlsSettings,
                 Port = result.GetValue(port),
                 BindAddresses = addresses,
                 UnixPath = unixPath,
                 Family = onlyFamily,
-                Tcp = result.GetValue(tcp) || !result.GetValue(udp),
+                Tcp = servesTcp,
                 Udp = result.GetValue(udp),
                 UdpRate = result.GetValue(udpRate),
                 UdpAllowLowPorts = result.GetValue(udpLowPorts),
@@ -229,7 +249,21 @@ internal static class ServeCommand
         using var sighup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, context =>
         {
             context.Cancel = true;
-            logger.LogWarning("SIGHUP received: there is no configuration to reload; serving on");
+            if (options.Tls is null)
+            {
+                logger.LogWarning("SIGHUP received: there is no configuration to reload; serving on");
+                return;
+            }
+
+            try
+            {
+                server.ReloadTls();
+                logger.LogInformation("SIGHUP: TLS certificate reloaded for new handshakes: {Certificate}", Describe(server.TlsCertificate!));
+            }
+            catch (TlsConfigurationException e)
+            {
+                logger.LogError("SIGHUP: TLS certificate not reloaded, the old one stays: {Error}", e.Message);
+            }
         });
         try
         {
@@ -243,6 +277,22 @@ internal static class ServeCommand
             }
 
             return Program.Fail(ExitCodes.CannotListen, e.Message + Hint(e));
+        }
+        catch (TlsConfigurationException e)
+        {
+            if (sink is not null)
+            {
+                await sink.DisposeAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
+            }
+
+            return Program.Fail(ExitCodes.CannotListen, "TLS: " + e.Message);
+        }
+
+        if (server.TlsCertificate is { } certificate)
+        {
+            // Which certificate is served is, like where, something a user must see whatever the level.
+            logger.WriteAnyway(LogLevel.Information, 17, $"TLS certificate: {Describe(certificate)}"
+                + (options.Tls!.Certificate.IsSelfSigned ? " (self-signed, made at start: pin it with connect --tls-pin)" : ""));
         }
 
         if (!logger.IsEnabled(LogLevel.Information) && level != LogLevel.None)
@@ -266,6 +316,9 @@ internal static class ServeCommand
 
         return ExitCodes.Ok;
     }
+
+    private static string Describe(System.Security.Cryptography.X509Certificates.X509Certificate2 certificate) =>
+        $"\"{certificate.Subject}\" sha256 {ServerCertificate.Fingerprint(certificate)}, valid until {certificate.NotAfter.ToUniversalTime():yyyy-MM-dd HH:mm} UTC";
 
     private static string DirectoryOf(UnixDomainSocketEndPoint unix) =>
         Path.GetDirectoryName(Path.GetFullPath(unix.ToString())) is { Length: > 0 } directory ? directory : "/";

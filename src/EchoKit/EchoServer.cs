@@ -108,19 +108,30 @@ public sealed partial class EchoServer : IAsyncDisposable
                 }
                 else
                 {
-                    _listeners.Add(StreamListener.OpenUnix(path, Options.Backlog, Options.UnixMode, _logger));
+                    var listener = StreamListener.OpenUnix(path, Options.Backlog, Options.UnixMode, _logger);
+                    listener.StreamStages = [.. Options.StreamStages, .. TlsStages()];
+                    _listeners.Add(listener);
                 }
             }
             else
             {
                 int port = Options.Port;
+                int? tlsPort = null;
                 foreach (var address in AddressesToBind())
                 {
                     if (Options.Tcp)
                     {
                         var listener = StreamListener.Open(address, port, Options.Backlog, dualStack: Options.Family is null, _logger);
+                        listener.StreamStages = [.. Options.StreamStages, .. Options.Tls?.Port is null ? TlsStages() : []];
                         _listeners.Add(listener);
                         port = ((IPEndPoint)listener.LocalEndPoint).Port; // with port 0, every socket gets the port the first one got
+                        if (Options.Tls?.Port is { } requested)
+                        {
+                            var secure = StreamListener.Open(address, tlsPort ?? requested, Options.Backlog, dualStack: Options.Family is null, _logger);
+                            secure.StreamStages = [.. Options.StreamStages, .. TlsStages()];
+                            _listeners.Add(secure);
+                            tlsPort = ((IPEndPoint)secure.LocalEndPoint).Port;
+                        }
                     }
 
                     if (Options.Udp)
@@ -165,7 +176,8 @@ public sealed partial class EchoServer : IAsyncDisposable
 
         foreach (var listener in _listeners)
         {
-            ReportListening(EndPointText.Format(listener.LocalEndPoint) + (listener.IsDualStack ? " (dual-stack: IPv4 and IPv6)" : ""));
+            ReportListening(EndPointText.Format(listener.LocalEndPoint) + (listener.IsDualStack ? " (dual-stack: IPv4 and IPv6)" : "")
+                + (listener.StreamStages.Contains(_tls) && _tls is not null ? " (TLS)" : ""));
         }
 
         // The engine is chosen here, once; from here on the server never asks which one it has.
@@ -175,11 +187,34 @@ public sealed partial class EchoServer : IAsyncDisposable
         _engine.Start();
     }
 
+    private Internal.Tls.TlsStage? _tls;
+
+    /// <summary>The TLS stage, made on first use (it loads the certificate: a bad one stops the start).</summary>
+    private IEnumerable<Internal.Stages.IStreamStage> TlsStages()
+    {
+        if (Options.Tls is null)
+        {
+            return [];
+        }
+
+        _tls ??= new Internal.Tls.TlsStage(Options.Tls, _logger);
+        return [_tls];
+    }
+
+    /// <summary>The certificate TLS handshakes present now; null without TLS.</summary>
+    internal System.Security.Cryptography.X509Certificates.X509Certificate2? TlsCertificate => _tls?.Leaf;
+
+    /// <summary>
+    /// Loads the TLS certificate and key again (SIGHUP) for new handshakes; established connections keep theirs.
+    /// A file that does not load leaves the old certificate in place: the exception says why.
+    /// </summary>
+    internal void ReloadTls() => _tls?.Reload();
+
     /// <summary>Refuses to start, with what is needed, where the descriptor limit leaves no room to serve anyone.</summary>
     private void EnsureEnoughDescriptors()
     {
         int sockets = Options.UnixPath is not null ? 1
-            : AddressesToBind().Count() * ((Options.Tcp ? 1 : 0) + (Options.Udp ? DatagramEchoService.SocketsPerAddress(Options) : 0));
+            : AddressesToBind().Count() * ((Options.Tcp ? Options.Tls?.Port is null ? 1 : 2 : 0) + (Options.Udp ? DatagramEchoService.SocketsPerAddress(Options) : 0));
         int loops = Options.Tcp && UsesEpoll ? EpollStreamEngine.LoopCount(Options) : 0;
         int engine = EpollStreamEngine.DescriptorsPerLoop * loops;
         if (DescriptorBudget.Shortfall(sockets + engine) is { } shortfall)

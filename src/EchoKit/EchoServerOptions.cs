@@ -102,6 +102,12 @@ public sealed record EchoServerOptions
     /// <summary>The stages that wrap the byte stream, in order (derived from <see cref="Stages"/>).</summary>
     internal IReadOnlyList<Internal.Stages.IStreamStage> StreamStages { get; private init; } = [];
 
+    /// <summary>
+    /// TLS on the stream listeners (or, with <see cref="Internal.Tls.TlsSettings.Port"/>, on a port of its own beside
+    /// the plaintext one); null: none.
+    /// </summary>
+    internal Internal.Tls.TlsSettings? Tls { get; init; }
+
     /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
     public int EngineLoops { get; init; }
 

@@ -54,6 +54,9 @@ internal static partial class Log
     [LoggerMessage(15, LogLevel.Warning, "{Transport}: asked for a {Which} buffer of {Asked} bytes, the kernel gave {Given} (net.core.{Sysctl} caps it without CAP_NET_ADMIN: sysctl -w net.core.{Sysctl}={Asked})")]
     public static partial void DatagramBufferCapped(ILogger logger, string transport, string which, int asked, int given, string sysctl);
 
+    [LoggerMessage(16, LogLevel.Information, "connection {Id}: {Protocol} {Cipher}{Client}")]
+    public static partial void TlsEstablished(ILogger logger, long id, string protocol, string cipher, string client);
+
     [LoggerMessage(13, LogLevel.Debug, "event loop {Index}: {Polled} of {Reads} reads found their bytes by polling the connection directly (dense traffic)")]
     public static partial void LoopReads(ILogger logger, int index, long polled, long reads);
 

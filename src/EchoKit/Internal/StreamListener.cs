@@ -123,11 +123,17 @@ internal sealed class StreamListener : IDisposable
     /// The listening descriptor, made non-blocking, for the epoll engine to accept from (it must then
     /// not be used with <see cref="AcceptLoopAsync"/>). Valid until <see cref="Dispose"/>.
     /// </summary>
-    public (int Fd, bool Tcp) DescriptorForEpoll()
+    public (int Fd, bool Tcp, IReadOnlyList<Stages.IStreamStage> StreamStages) DescriptorForEpoll()
     {
         _socket.Blocking = false;
-        return ((int)_socket.Handle, _socket.ProtocolType == ProtocolType.Tcp);
+        return ((int)_socket.Handle, _socket.ProtocolType == ProtocolType.Tcp, StreamStages);
     }
+
+    /// <summary>
+    /// The stages that wrap the byte stream of this listener's connections (TLS on a TLS port, and those of the
+    /// whole server); none: plain bytes.
+    /// </summary>
+    public IReadOnlyList<Stages.IStreamStage> StreamStages { get; set; } = [];
 
     /// <summary>Accepts until <see cref="Dispose"/>; hands each socket to <paramref name="onAccepted"/>.</summary>
     public async Task AcceptLoopAsync(Action<Socket> onAccepted, Action onDescriptorsExhausted)

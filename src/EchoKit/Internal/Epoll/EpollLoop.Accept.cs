@@ -50,12 +50,12 @@ internal sealed unsafe partial class EpollLoop
             if (_listenerReady[i])
             {
                 _listenerReady[i] = false;
-                AcceptBatchFrom(_listeners[i].Fd, _listeners[i].Tcp);
+                AcceptBatchFrom(_listeners[i].Fd, _listeners[i].Tcp, _listeners[i].StreamStages);
             }
         }
     }
 
-    private void AcceptBatchFrom(int listenFd, bool tcp)
+    private void AcceptBatchFrom(int listenFd, bool tcp, IReadOnlyList<Stages.IStreamStage> streamStages)
     {
         byte* address = stackalloc byte[128];
         for (int i = 0; i < AcceptBatch && _listening; i++)
@@ -80,7 +80,7 @@ internal sealed unsafe partial class EpollLoop
             }
 
             _backoff.Succeeded();
-            Admit(fd, tcp, PeerOf(address, length));
+            Admit(fd, tcp, streamStages, PeerOf(address, length));
         }
     }
 
@@ -97,7 +97,7 @@ internal sealed unsafe partial class EpollLoop
         _nextTickMs = Math.Min(_nextTickMs, _acceptResumeMs);
     }
 
-    private void Admit(int fd, bool tcp, EndPoint? peer)
+    private void Admit(int fd, bool tcp, IReadOnlyList<Stages.IStreamStage> streamStages, EndPoint? peer)
     {
         var verdict = _server.Admit(fd, ref peer, out long id);
         if (verdict.Refused)
@@ -127,11 +127,11 @@ internal sealed unsafe partial class EpollLoop
             Native.SetUrgentInline(fd);
         }
 
-        if (_server.Options.StreamStages.Count > 0)
+        if (streamStages.Count > 0)
         {
             // A stage wraps this connection's byte stream: a stream loop serves it, not this loop.
             _server.ReportAccepted(id, peer);
-            _engine.HandOver(fd, id, peer);
+            _engine.HandOver(fd, id, peer, streamStages);
             return;
         }
 

@@ -39,7 +39,7 @@ internal sealed unsafe partial class EpollLoop
 
     private readonly EchoServer _server;
     private readonly ILogger _logger;
-    private readonly (int Fd, bool Tcp)[] _listeners;
+    private readonly (int Fd, bool Tcp, IReadOnlyList<Stages.IStreamStage> StreamStages)[] _listeners;
     private readonly bool[] _listenerReady;
     private bool _anyListenerReady;
     private readonly int _epoll;
@@ -79,7 +79,7 @@ internal sealed unsafe partial class EpollLoop
     private long _hotRetryMs; // MonotonicClock.Milliseconds before which no connection becomes hot
     private long _hotBackoffMs = HotBackoffMinMs;
 
-    public EpollLoop(int index, EchoServer server, EpollStreamEngine engine, ILogger logger, (int Fd, bool Tcp)[] listeners)
+    public EpollLoop(int index, EchoServer server, EpollStreamEngine engine, ILogger logger, (int Fd, bool Tcp, IReadOnlyList<Stages.IStreamStage> StreamStages)[] listeners)
     {
         _index = index;
         _server = server;

@@ -48,7 +48,7 @@ internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IRead
     /// A loop hands over an admitted connection whose byte stream a stage wraps (TLS): the loops only read and
     /// send raw bytes, so it is served by a stream loop, with the same timeouts and drain.
     /// </summary>
-    internal void HandOver(int fd, long id, System.Net.EndPoint? peer)
+    internal void HandOver(int fd, long id, System.Net.EndPoint? peer, IReadOnlyList<Stages.IStreamStage> streamStages)
     {
         Sockets.SocketStreamEngine engine;
         lock (_wrappedGate)
@@ -63,7 +63,7 @@ internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IRead
         }
 
         var socket = new System.Net.Sockets.Socket(new System.Net.Sockets.SafeSocketHandle(fd, ownsHandle: true));
-        engine.RunAdmitted(socket, id, peer, reportAccepted: false);
+        engine.RunAdmitted(socket, id, peer, reportAccepted: false, streamStages);
     }
 
     /// <summary>A loop reset its connections at the drain's deadline; the server reports the sum once.</summary>

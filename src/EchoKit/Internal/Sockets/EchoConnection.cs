@@ -38,9 +38,13 @@ internal sealed class EchoConnection
     private int _lastUnsent; // the heartbeat's alone
     private TaskCompletionSource? _aborted; // made when the connection first waits for the payload sink
 
-    public EchoConnection(long id, Socket socket, EndPoint? peer, EchoServer server, SocketStreamEngine engine)
+    private readonly IReadOnlyList<Stages.IStreamStage> _streamStages;
+    private volatile Stream? _wrapped; // the stream a stage wrapped the socket in, once the wrap is done
+
+    public EchoConnection(long id, Socket socket, EndPoint? peer, EchoServer server, SocketStreamEngine engine, IReadOnlyList<Stages.IStreamStage> streamStages)
     {
         Id = id;
+        _streamStages = streamStages;
         _socket = socket;
         _server = server;
         _engine = engine;
@@ -106,7 +110,7 @@ internal sealed class EchoConnection
                 payload = afterPrefix;
             }
 
-            if (options.StreamStages.Count > 0)
+            if (_streamStages.Count > 0)
             {
                 await RunWrappedAsync(options, payload).ConfigureAwait(false);
                 return;
@@ -218,7 +222,7 @@ internal sealed class EchoConnection
         var context = new Stages.ConnectionContext(Id, (int)_socket.Handle, Peer);
         _socket.Blocking = true; // NetworkStream refuses a non-blocking socket; its async calls do not block either way
         Stream stream = new PrefixedStream(payload, new NetworkStream(_socket, ownsSocket: false));
-        foreach (var stage in options.StreamStages)
+        foreach (var stage in _streamStages)
         {
             using var deadline = new CancellationTokenSource(stage.Timeout);
             try
@@ -227,17 +231,18 @@ internal sealed class EchoConnection
             }
             catch (OperationCanceledException)
             {
-                Refuse($"{stage.GetType().Name}: not complete within {Durations.Format(stage.Timeout)}");
+                Refuse($"{stage.Name}: not complete within {Durations.Format(stage.Timeout)}");
                 return;
             }
             catch (Exception e) when (e is IOException or System.Security.Authentication.AuthenticationException or InvalidOperationException or SocketException)
             {
-                Refuse($"{stage.GetType().Name}: {e.Message}");
+                Refuse($"{stage.Name}: {e.Message}");
                 return;
             }
         }
 
         Peer = context.Peer;
+        _wrapped = stream;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(options.ReceiveBufferSize);
         try
         {
@@ -274,7 +279,7 @@ internal sealed class EchoConnection
             if (!_finSent)
             {
                 _finSent = true;
-                _socket.Shutdown(SocketShutdown.Send);
+                await SendWrappedFinAsync(stream).ConfigureAwait(false);
             }
         }
         catch (IOException e) when (e.InnerException is SocketException se)
@@ -293,6 +298,27 @@ internal sealed class EchoConnection
         {
             ArrayPool<byte>.Shared.Return(buffer);
             await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// The end of our side through the wrapper: TLS's close_notify first (the peer learns the data is complete,
+    /// not cut), then the FIN. Never throws: the peer may be gone.
+    /// </summary>
+    private async Task SendWrappedFinAsync(Stream stream)
+    {
+        try
+        {
+            if (stream is System.Net.Security.SslStream ssl)
+            {
+                await ssl.ShutdownAsync().ConfigureAwait(false);
+            }
+
+            _socket.Shutdown(SocketShutdown.Send);
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidOperationException or NotSupportedException)
+        {
+            // The connection is ending by itself.
         }
     }
 
@@ -462,6 +488,12 @@ internal sealed class EchoConnection
         }
 
         _finSent = true;
+        if (_wrapped is { } wrapped)
+        {
+            _ = SendWrappedFinAsync(wrapped); // the read loop waits meanwhile: no write of ours is in progress
+            return;
+        }
+
         try
         {
             _socket.Shutdown(SocketShutdown.Send);

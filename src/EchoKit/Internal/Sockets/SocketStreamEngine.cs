@@ -27,7 +27,7 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
 
         foreach (var listener in listeners)
         {
-            _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(OnAccepted, server.OnDescriptorsExhausted)));
+            _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(socket => OnAccepted(socket, listener.StreamStages), server.OnDescriptorsExhausted)));
         }
     }
 
@@ -81,7 +81,7 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
         return aborted;
     }
 
-    private void OnAccepted(Socket socket)
+    private void OnAccepted(Socket socket, IReadOnlyList<Stages.IStreamStage> streamStages)
     {
         EndPoint? peer = EndPointText.PeerOf(socket);
         var verdict = server.Admit((int)socket.Handle, ref peer, out long id);
@@ -106,14 +106,14 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
             return;
         }
 
-        RunAdmitted(socket, id, peer, reportAccepted: true);
+        RunAdmitted(socket, id, peer, reportAccepted: true, streamStages);
     }
 
     /// <summary>
     /// Serves a connection already admitted: one accepted here, or one the epoll engine hands over because a
     /// stage wraps its byte stream (<see cref="Stages.IStreamStage"/>), which this engine's stream loop serves.
     /// </summary>
-    public void RunAdmitted(Socket socket, long id, EndPoint? peer, bool reportAccepted)
+    public void RunAdmitted(Socket socket, long id, EndPoint? peer, bool reportAccepted, IReadOnlyList<Stages.IStreamStage> streamStages)
     {
         try
         {
@@ -128,7 +128,7 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
             // The peer is already gone; the connection's first call will say so.
         }
 
-        var connection = new EchoConnection(id, socket, peer, server, this);
+        var connection = new EchoConnection(id, socket, peer, server, this, streamStages);
         if (reportAccepted)
         {
             server.ReportAccepted(id, connection.Peer);

@@ -9,6 +9,9 @@ namespace EchoKit.Internal.Stages;
 /// </summary>
 internal interface IStreamStage : IConnectionStage
 {
+    /// <summary>What a refusal's reason starts with ("tls: …").</summary>
+    string Name => GetType().Name;
+
     /// <summary>How long the wrap (a handshake) may take.</summary>
     TimeSpan Timeout { get; }
 
