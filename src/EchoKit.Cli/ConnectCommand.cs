@@ -36,10 +36,15 @@ internal static class ConnectCommand
         var recvTimeout = CliOptions.Duration("--recv-timeout", "Fail when no byte arrives for this long [default: none]", null, allowZero: false);
         var sendTimeout = CliOptions.Duration("--send-timeout", "Fail when a send makes no progress for this long [default: none]", null, allowZero: false);
 
+        var tls = new ClientTlsOptions();
         var command = new Command("connect", "Connect to a TCP server: stdin to the socket and the socket to stdout, or one-shot with --send.")
         {
             host, port, family.Four, family.Six, udp, unix, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
         };
+        foreach (var option in tls.All)
+        {
+            command.Options.Add(option);
+        }
 
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -81,6 +86,22 @@ internal static class ConnectCommand
                 return Program.FailUsage("connect", $"invalid --send value: {escapeError}");
             }
 
+            var (tlsOptions, tlsUsage, tlsError) = tls.Read(result);
+            if (tlsUsage is not null)
+            {
+                return Program.FailUsage("connect", tlsUsage);
+            }
+
+            if (tlsError is not null)
+            {
+                return Program.Fail(ExitCodes.TlsFailed, tlsError);
+            }
+
+            if (tlsOptions is not null && result.GetValue(udp))
+            {
+                return Program.FailUsage("connect", "--tls is for stream connections: leave out --udp (DTLS is not supported)");
+            }
+
             if (result.GetValue(udp))
             {
                 // --wait bounds the wait for replies after the last datagram; --recv-timeout, when shorter, too.
@@ -92,14 +113,14 @@ internal static class ConnectCommand
 
             var settings = new ClientSettings(
                 result.GetValue(expect), wait.Get(result)!.Value, result.GetValue(halfClose),
-                connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result), onlyFamily);
+                connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result), onlyFamily, tlsOptions);
             return await RunAsync(unixPath, targetHost, targetPort, payload, settings).ConfigureAwait(false);
         });
         return command;
     }
 
     private sealed record ClientSettings(int? Expect, TimeSpan Wait, bool HalfClose, TimeSpan ConnectTimeout, TimeSpan? RecvTimeout, TimeSpan? SendTimeout,
-        AddressFamily? Family);
+        AddressFamily? Family, TlsClientOptions? Tls);
 
     /// <summary>Accepts "host", "host PORT", "host:port", "[v6]:port", "[v6]" and a bare IPv6 literal.</summary>
     internal static bool TryParseTarget(string hostText, string? portText, out string host, out int port, out string? error)
@@ -163,14 +184,44 @@ internal static class ConnectCommand
             return Program.Fail(ExitCodeOf(e), e.Message);
         }
 
-        using (socket)
+        Console.Error.WriteLine($"echokit: connected to {EndPointText.Format(socket.RemoteEndPoint)}");
+        System.Net.Security.SslStream? secure = null;
+        if (settings.Tls is { } tls)
         {
-            Console.Error.WriteLine($"echokit: connected to {EndPointText.Format(socket.RemoteEndPoint)}");
+            if (tls.Insecure)
+            {
+                Console.Error.WriteLine("echokit: warning: --tls-insecure: the server's certificate is not checked; anyone on the path can read and change this connection");
+            }
+
+            try
+            {
+                secure = await TlsConnector.AuthenticateAsync(socket, unixPath is null ? host : "localhost", tls, settings.ConnectTimeout).ConfigureAwait(false);
+            }
+            catch (TlsHandshakeException e)
+            {
+                socket.Dispose();
+                return Program.Fail(ExitCodes.TlsFailed, e.Message);
+            }
+
+            Console.Error.WriteLine(ClientTlsOptions.Describe(secure));
+        }
+
+        using (var channel = new ClientChannel(socket, secure))
+        {
             try
             {
                 return payload is null
-                    ? await InteractiveSession.RunAsync(socket, settings.RecvTimeout, settings.SendTimeout).ConfigureAwait(false)
-                    : await OneShotAsync(socket, payload, settings).ConfigureAwait(false);
+                    ? await InteractiveSession.RunAsync(channel, settings.RecvTimeout, settings.SendTimeout).ConfigureAwait(false)
+                    : await OneShotAsync(channel, payload, settings).ConfigureAwait(false);
+            }
+            catch (IOException e) when (e.InnerException is SocketException se)
+            {
+                string target = unixPath is not null ? "unix:" + unixPath : $"{host}:{port}";
+                return Program.Fail(ExitCodeOf(se.SocketErrorCode), $"connection to {target} failed: {SocketErrorText.Describe(se.SocketErrorCode)}");
+            }
+            catch (IOException e) when (secure is not null)
+            {
+                return Program.Fail(ExitCodes.TlsFailed, $"TLS connection failed: {e.Message}");
             }
             catch (SocketException e)
             {
@@ -184,12 +235,12 @@ internal static class ConnectCommand
         }
     }
 
-    private static async Task<int> OneShotAsync(Socket socket, byte[] payload, ClientSettings settings)
+    private static async Task<int> OneShotAsync(ClientChannel channel, byte[] payload, ClientSettings settings)
     {
-        await TimedTransfer.SendAsync(socket, payload, settings.SendTimeout).ConfigureAwait(false);
+        await channel.SendAsync(payload, settings.SendTimeout).ConfigureAwait(false);
         if (settings.HalfClose)
         {
-            socket.Shutdown(SocketShutdown.Send);
+            await channel.ShutdownSendAsync().ConfigureAwait(false);
         }
 
         var stdout = StandardStreams.Output;
@@ -206,7 +257,7 @@ internal static class ConnectCommand
         {
             // --wait ends the reply normally; --recv-timeout, when shorter, is an error.
             bool recvTimeoutFirst = settings.RecvTimeout is { } r && r <= settings.Wait;
-            int received = await TimedTransfer.ReceiveAsync(socket, buffer, recvTimeoutFirst ? settings.RecvTimeout : settings.Wait,
+            int received = await channel.ReceiveAsync(buffer, recvTimeoutFirst ? settings.RecvTimeout : settings.Wait,
                 throwOnTimeout: recvTimeoutFirst).ConfigureAwait(false);
             if (received < 0)
             {

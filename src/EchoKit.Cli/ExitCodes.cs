@@ -15,4 +15,5 @@ internal static class ExitCodes
     public const int BenchMismatch = 9;
     public const int BenchConnectionsFailed = 10;
     public const int BenchNoEcho = 11;
+    public const int TlsFailed = 12;
 }

@@ -9,12 +9,12 @@ namespace EchoKit.Cli;
 /// </summary>
 internal static class InteractiveSession
 {
-    public static async Task<int> RunAsync(Socket socket, TimeSpan? recvTimeout, TimeSpan? sendTimeout)
+    public static async Task<int> RunAsync(ClientChannel channel, TimeSpan? recvTimeout, TimeSpan? sendTimeout)
     {
         // Console streams block on read; the pump gets a thread of its own so it cannot hold up the pool.
-        var upload = Task.Factory.StartNew(() => PumpStdinAsync(socket, sendTimeout), CancellationToken.None,
+        var upload = Task.Factory.StartNew(() => PumpStdinAsync(channel, sendTimeout), CancellationToken.None,
             TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
-        var download = PumpToStdoutAsync(socket, recvTimeout);
+        var download = PumpToStdoutAsync(channel, recvTimeout);
 
         var first = await Task.WhenAny(upload, download).ConfigureAwait(false);
         if (first == upload && upload.IsFaulted && !download.IsCompleted)
@@ -28,26 +28,26 @@ internal static class InteractiveSession
         return ExitCodes.Ok;
     }
 
-    private static async Task PumpStdinAsync(Socket socket, TimeSpan? sendTimeout)
+    private static async Task PumpStdinAsync(ClientChannel channel, TimeSpan? sendTimeout)
     {
         using var stdin = StandardStreams.OpenInput();
         var buffer = new byte[16 * 1024];
         int read;
         while ((read = stdin.Read(buffer, 0, buffer.Length)) > 0)
         {
-            await TimedTransfer.SendAsync(socket, buffer.AsMemory(0, read), sendTimeout).ConfigureAwait(false);
+            await channel.SendAsync(buffer.AsMemory(0, read), sendTimeout).ConfigureAwait(false);
         }
 
-        socket.Shutdown(SocketShutdown.Send);
+        await channel.ShutdownSendAsync().ConfigureAwait(false);
     }
 
-    private static async Task PumpToStdoutAsync(Socket socket, TimeSpan? recvTimeout)
+    private static async Task PumpToStdoutAsync(ClientChannel channel, TimeSpan? recvTimeout)
     {
         var stdout = StandardStreams.Output;
         stdout.WarnIfClosed("received bytes are not printed");
         var buffer = new byte[64 * 1024];
         int received;
-        while ((received = await TimedTransfer.ReceiveAsync(socket, buffer, recvTimeout, throwOnTimeout: true).ConfigureAwait(false)) > 0)
+        while ((received = await channel.ReceiveAsync(buffer, recvTimeout, throwOnTimeout: true).ConfigureAwait(false)) > 0)
         {
             stdout.Write(buffer.AsSpan(0, received));
         }

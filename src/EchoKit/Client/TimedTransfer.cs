@@ -16,14 +16,26 @@ public static class TimedTransfer
     /// </summary>
     public static async ValueTask SendAsync(Socket socket, ReadOnlyMemory<byte> data, TimeSpan? timeout, CancellationToken cancellationToken = default)
     {
+        await WatchProgressAsync(socket, token => socket.SendAllAsync(data, token).AsTask(), timeout, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Sends through <paramref name="stream"/> (TLS over <paramref name="socket"/>), with the same "no progress"
+    /// limit, watched on the socket underneath.
+    /// </summary>
+    internal static ValueTask SendAsync(Socket socket, Stream stream, ReadOnlyMemory<byte> data, TimeSpan? timeout, CancellationToken cancellationToken = default) =>
+        WatchProgressAsync(socket, token => stream.WriteAsync(data, token).AsTask(), timeout, cancellationToken);
+
+    private static async ValueTask WatchProgressAsync(Socket socket, Func<CancellationToken, Task> start, TimeSpan? timeout, CancellationToken cancellationToken)
+    {
         if (timeout is null)
         {
-            await socket.SendAllAsync(data, cancellationToken).ConfigureAwait(false);
+            await start(cancellationToken).ConfigureAwait(false);
             return;
         }
 
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var send = socket.SendAllAsync(data, cts.Token).AsTask();
+        var send = start(cts.Token);
         var step = TimeSpan.FromMilliseconds(Math.Clamp(timeout.Value.TotalMilliseconds / 4, 10, 1000));
         int fd = (int)socket.Handle;
         (long Acked, int Queued) last = (Internal.Epoll.Native.BytesAcked(fd), Internal.Epoll.Native.BytesUnsent(fd));
@@ -60,16 +72,25 @@ public static class TimedTransfer
     public static async ValueTask<int> ReceiveAsync(Socket socket, Memory<byte> buffer, TimeSpan? timeout, bool throwOnTimeout,
         CancellationToken cancellationToken = default)
     {
+        return await ReceiveWithinAsync(token => socket.ReceiveAsync(buffer, SocketFlags.None, token), timeout, throwOnTimeout, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>One read from <paramref name="stream"/> (TLS), with the same timeout rules as the socket's.</summary>
+    internal static ValueTask<int> ReceiveAsync(Stream stream, Memory<byte> buffer, TimeSpan? timeout, bool throwOnTimeout, CancellationToken cancellationToken = default) =>
+        ReceiveWithinAsync(token => stream.ReadAsync(buffer, token), timeout, throwOnTimeout, cancellationToken);
+
+    private static async ValueTask<int> ReceiveWithinAsync(Func<CancellationToken, ValueTask<int>> receive, TimeSpan? timeout, bool throwOnTimeout, CancellationToken cancellationToken)
+    {
         if (timeout is null)
         {
-            return await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
+            return await receive(cancellationToken).ConfigureAwait(false);
         }
 
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         cts.CancelAfter(timeout.Value);
         try
         {
-            return await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token).ConfigureAwait(false);
+            return await receive(cts.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {

@@ -60,4 +60,24 @@ public static class Loopback
             }
         }
     }
+
+    /// <summary>
+    /// Waits until a socket listens on the TCP port, without connecting to it (a server that accepts only once,
+    /// as openssl s_server -naccept 1, must keep its one accept for the test): /proc/net/tcp and tcp6, state 0A.
+    /// </summary>
+    public static async Task WaitUntilListeningQuietlyAsync(int port, TimeSpan deadline)
+    {
+        string local = $":{port:X4} ";
+        var until = DateTime.UtcNow + deadline;
+        while (!new[] { "/proc/net/tcp", "/proc/net/tcp6" }.Any(file =>
+            File.ReadLines(file).Skip(1).Any(line => line.Split(' ', StringSplitOptions.RemoveEmptyEntries) is [_, var address, _, "0A", ..] && (address + " ").EndsWith(local, StringComparison.Ordinal))))
+        {
+            if (DateTime.UtcNow > until)
+            {
+                throw new TimeoutException($"nothing listened on TCP port {port} within {deadline}");
+            }
+
+            await Task.Delay(20);
+        }
+    }
 }

@@ -1,0 +1,40 @@
+using System.Net.Security;
+using System.Net.Sockets;
+
+namespace EchoKit.Client;
+
+/// <summary>
+/// A connected client's byte channel: the socket itself, or TLS over it. Sends and receives keep
+/// <see cref="TimedTransfer"/>'s rules either way; the end of our side is a FIN, after TLS's close_notify.
+/// </summary>
+internal sealed class ClientChannel(Socket socket, SslStream? tls = null) : IDisposable
+{
+    public Socket Socket { get; } = socket;
+
+    public SslStream? Tls { get; } = tls;
+
+    public ValueTask SendAsync(ReadOnlyMemory<byte> data, TimeSpan? timeout) => Tls is null
+        ? TimedTransfer.SendAsync(Socket, data, timeout)
+        : TimedTransfer.SendAsync(Socket, Tls, data, timeout);
+
+    public ValueTask<int> ReceiveAsync(Memory<byte> buffer, TimeSpan? timeout, bool throwOnTimeout) => Tls is null
+        ? TimedTransfer.ReceiveAsync(Socket, buffer, timeout, throwOnTimeout)
+        : TimedTransfer.ReceiveAsync(Tls, buffer, timeout, throwOnTimeout);
+
+    /// <summary>Our side is done: close_notify (TLS), then the FIN; the peer's side stays open for its echo.</summary>
+    public async ValueTask ShutdownSendAsync()
+    {
+        if (Tls is not null)
+        {
+            await Tls.ShutdownAsync().ConfigureAwait(false);
+        }
+
+        Socket.Shutdown(SocketShutdown.Send);
+    }
+
+    public void Dispose()
+    {
+        Tls?.Dispose();
+        Socket.Dispose();
+    }
+}
