@@ -105,7 +105,8 @@ internal static class ServeCommand
         };
 
         var tls = new ServeTlsOptions();
-        foreach (var option in tls.All)
+        var access = new ServeAccessOptions();
+        foreach (var option in tls.All.Concat(access.All))
         {
             command.Options.Add(option);
         }
@@ -182,9 +183,21 @@ internal static class ServeCommand
                 return Program.Fail(ExitCodes.CannotListen, tlsError);
             }
 
+            var (accessSettings, accessUsage, accessError) = access.Read(result, unixPath is not null);
+            if (accessUsage is not null)
+            {
+                return Program.FailUsage("serve", accessUsage);
+            }
+
+            if (accessError is not null)
+            {
+                return Program.Fail(ExitCodes.CannotListen, accessError);
+            }
+
             var options = new EchoServerOptions
             {
                 Tls = tlsSettings,
+                Access = accessSettings,
                 Port = result.GetValue(port),
                 BindAddresses = addresses,
                 UnixPath = unixPath,

@@ -38,6 +38,12 @@ public sealed partial class EchoServer
     {
         id = Interlocked.Increment(ref _nextId);
         var context = new ConnectionContext(id, descriptor, peer);
+        if (_access?.OnAccepted(context) is { Refused: true } refused)
+        {
+            peer = context.Peer;
+            return refused; // before admission: a refused peer gets no byte, not even "server busy"
+        }
+
         var verdict = _admission.OnAccepted(context);
         if (!verdict.Refused)
         {
@@ -64,13 +70,14 @@ public sealed partial class EchoServer
             return; // accepted as the server stopped: nothing to tell
         }
 
+        _access?.Released(id);
         bool busy = verdict.Reason == CloseReason.ServerBusy;
         var closed = new ClosedConnection(id, peer, verdict.Reason, SocketError.Success, 0, 0, TimeSpan.Zero) { Detail = busy ? null : verdict.RefusedBecause };
         if (busy)
         {
             Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit); // the busy line says it all: no "closed" line
         }
-        else
+        else if (!verdict.Quiet)
         {
             LogClosed(closed);
         }

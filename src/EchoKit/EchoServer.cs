@@ -55,6 +55,7 @@ public sealed partial class EchoServer : IAsyncDisposable
         _logger = logger ?? NullLogger.Instance;
         PayloadSink = payloadSink;
         _admission = new AdmissionStage(this);
+        _access = options.Access is { Any: true } access ? new Internal.Access.AccessStage(access, _logger) : null;
     }
 
     private readonly AdmissionStage _admission;
@@ -104,7 +105,7 @@ public sealed partial class EchoServer : IAsyncDisposable
 
                 if (Options.Udp)
                 {
-                    _datagramServices.Add(DatagramEchoService.OpenUnix(path, Options, _logger, PayloadSink));
+                    _datagramServices.Add(DatagramEchoService.OpenUnix(path, Options, _logger, PayloadSink, _access));
                 }
                 else
                 {
@@ -136,7 +137,7 @@ public sealed partial class EchoServer : IAsyncDisposable
 
                     if (Options.Udp)
                     {
-                        var datagrams = DatagramEchoService.Open(address, port, dualStack: Options.Family is null, Options, _logger, PayloadSink);
+                        var datagrams = DatagramEchoService.Open(address, port, dualStack: Options.Family is null, Options, _logger, PayloadSink, _access);
                         _datagramServices.Add(datagrams);
                         port = ((IPEndPoint)datagrams.LocalEndPoint).Port;
                     }
@@ -188,6 +189,9 @@ public sealed partial class EchoServer : IAsyncDisposable
     }
 
     private Internal.Tls.TlsStage? _tls;
+
+    /// <summary>--allow/--deny, --max-per-address, --allow-uid/--allow-gid: checked before admission; null when none is set.</summary>
+    private readonly Internal.Access.AccessStage? _access;
 
     /// <summary>The TLS stage, made on first use (it loads the certificate: a bad one stops the start).</summary>
     private IEnumerable<Internal.Stages.IStreamStage> TlsStages()
@@ -258,6 +262,7 @@ public sealed partial class EchoServer : IAsyncDisposable
     internal void ReportClosed(ClosedConnection closed)
     {
         Interlocked.Decrement(ref _activeCount);
+        _access?.Released(closed.Id);
         if (PayloadSink is { } sink && _logger.IsEnabled(LogLevel.Information))
         {
             // After the connection's bytes are out: on one terminal, no payload line follows its "closed" line.

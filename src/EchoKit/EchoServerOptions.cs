@@ -108,6 +108,9 @@ public sealed record EchoServerOptions
     /// </summary>
     internal Internal.Tls.TlsSettings? Tls { get; init; }
 
+    /// <summary>Who may connect or send datagrams (--allow/--deny, --max-per-address, --allow-uid/--allow-gid); null: anyone.</summary>
+    internal Internal.Access.AccessSettings? Access { get; init; }
+
     /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
     public int EngineLoops { get; init; }
 

@@ -57,6 +57,9 @@ internal static partial class Log
     [LoggerMessage(16, LogLevel.Information, "connection {Id}: {Protocol} {Cipher}{Client}")]
     public static partial void TlsEstablished(ILogger logger, long id, string protocol, string cipher, string client);
 
+    [LoggerMessage(18, LogLevel.Warning, "access: refused {Count} by {Rule}, the last from {Peer} (at most one such line a second)")]
+    public static partial void AccessRefused(ILogger logger, long count, string rule, string peer);
+
     [LoggerMessage(13, LogLevel.Debug, "event loop {Index}: {Polled} of {Reads} reads found their bytes by polling the connection directly (dense traffic)")]
     public static partial void LoopReads(ILogger logger, int index, long polled, long reads);
 

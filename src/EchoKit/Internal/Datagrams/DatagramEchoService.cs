@@ -30,7 +30,7 @@ internal sealed class DatagramEchoService : IDisposable
     private long _asyncEchoed;
     private UnixSocketFile.Identity? _boundFile;
 
-    private DatagramEchoService(Socket[] sockets, bool batched, EchoServerOptions options, ILogger logger, IPayloadSink? sink, string? unixPath = null)
+    private DatagramEchoService(Socket[] sockets, bool batched, EchoServerOptions options, ILogger logger, IPayloadSink? sink, Access.AccessStage? access, string? unixPath = null)
     {
         _sockets = sockets;
         _logger = logger;
@@ -39,7 +39,7 @@ internal sealed class DatagramEchoService : IDisposable
         bool isUnix = unixPath is not null;
         LocalEndPoint = sockets[0].LocalEndPoint!;
         _policy = new DatagramPolicy(options, logger, LocalEndPoint, isUnix,
-            options.MaxDatagramSize ?? (isUnix ? LargestUnixDatagram() : MaxUdpDatagram));
+            options.MaxDatagramSize ?? (isUnix ? LargestUnixDatagram() : MaxUdpDatagram), access);
         _stopWait = TimeSpan.FromMilliseconds(Math.Clamp(options.ShutdownTimeout.TotalMilliseconds, 100, 5000));
         SizeBuffers(options, isUnix);
 
@@ -79,7 +79,7 @@ internal sealed class DatagramEchoService : IDisposable
     public static int SocketsPerAddress(EchoServerOptions options) =>
         EngineChoice.UsesEpoll(options.Engine) ? EpollStreamEngine.LoopCount(options) : 1;
 
-    public static DatagramEchoService Open(IPAddress address, int port, bool dualStack, EchoServerOptions options, ILogger logger, IPayloadSink? sink)
+    public static DatagramEchoService Open(IPAddress address, int port, bool dualStack, EchoServerOptions options, ILogger logger, IPayloadSink? sink, Access.AccessStage? access)
     {
         bool batched = EngineChoice.UsesEpoll(options.Engine);
         int loops = SocketsPerAddress(options);
@@ -124,7 +124,7 @@ internal sealed class DatagramEchoService : IDisposable
             throw new ListenFailedException("bind (udp)", endPoint, e.SocketErrorCode, e);
         }
 
-        return new DatagramEchoService(sockets.ToArray(), batched, options, logger, sink);
+        return new DatagramEchoService(sockets.ToArray(), batched, options, logger, sink, access);
     }
 
     private static Socket NewUdpSocket(IPAddress address, bool dualStack)
@@ -146,13 +146,13 @@ internal sealed class DatagramEchoService : IDisposable
     }
 
     /// <summary>Serves a Unix datagram socket at <paramref name="path"/> (a stale file is replaced, a live one refused).</summary>
-    public static DatagramEchoService OpenUnix(string path, EchoServerOptions options, ILogger logger, IPayloadSink? sink)
+    public static DatagramEchoService OpenUnix(string path, EchoServerOptions options, ILogger logger, IPayloadSink? sink, Access.AccessStage? access)
     {
         var socket = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
         try
         {
             var bound = UnixSocketFile.Bind(socket, path, options.UnixMode);
-            return new DatagramEchoService([socket], EngineChoice.UsesEpoll(options.Engine), options, logger, sink, path) { _boundFile = bound };
+            return new DatagramEchoService([socket], EngineChoice.UsesEpoll(options.Engine), options, logger, sink, access, path) { _boundFile = bound };
         }
         catch
         {

@@ -28,8 +28,12 @@ internal sealed class DatagramPolicy
     private long _notSent;
     private long _lastWarningMs = long.MinValue / 2;
 
-    public DatagramPolicy(EchoServerOptions options, ILogger logger, System.Net.EndPoint local, bool isUnix, int bufferSize)
+    private readonly Access.AccessStage? _access;
+    private long _droppedDenied;
+
+    public DatagramPolicy(EchoServerOptions options, ILogger logger, System.Net.EndPoint local, bool isUnix, int bufferSize, Access.AccessStage? access)
     {
+        _access = isUnix ? null : access;
         _options = options;
         _logger = logger;
         _isUnix = isUnix;
@@ -75,6 +79,12 @@ internal sealed class DatagramPolicy
             if (port < 1024 && !_options.UdpAllowLowPorts)
             {
                 return Dropped(ref _droppedLowPort);
+            }
+
+            if (_access is not null && !_access.AllowsDatagram(sender))
+            {
+                Interlocked.Increment(ref _droppedDenied); // logged by the access rules, once a second per rule
+                return false;
             }
 
             if (_rates is not null && !_rates.TryTake(sender, MonotonicClock.Milliseconds))
@@ -147,6 +157,10 @@ internal sealed class DatagramPolicy
         {
             parts.Add($"{Interlocked.Read(ref _droppedLowPort)} dropped from ports below 1024");
             parts.Add($"{Interlocked.Read(ref _droppedRate)} dropped over the rate");
+            if (_access is not null)
+            {
+                parts.Add($"{Interlocked.Read(ref _droppedDenied)} dropped by --allow/--deny");
+            }
         }
         else
         {

@@ -1,0 +1,61 @@
+using System.CommandLine;
+using EchoKit.Internal.Access;
+
+namespace EchoKit.Cli;
+
+/// <summary><c>echokit serve</c>'s access flags: --allow/--deny (and their files), --max-per-address, --allow-uid/--allow-gid.</summary>
+internal sealed class ServeAccessOptions
+{
+    private readonly Option<string[]> _allow = new("--allow") { Description = "Accept only peers in this CIDR (repeatable; IPv4 rules match IPv4-mapped IPv6 peers)", HelpName = "cidr" };
+    private readonly Option<string[]> _deny = new("--deny") { Description = "Refuse peers in this CIDR, before any byte is sent (repeatable; deny wins over allow)", HelpName = "cidr" };
+    private readonly Option<string[]> _allowFile = new("--allow-file") { Description = "--allow rules from a file: one CIDR a line, # comments", HelpName = "file" };
+    private readonly Option<string[]> _denyFile = new("--deny-file") { Description = "--deny rules from a file: one CIDR a line, # comments", HelpName = "file" };
+    private readonly Option<int> _maxPerAddress = CliOptions.Integer("--max-per-address", "Connections at once from one address (IPv6: one /64); one more gets the busy line (0: no limit)", 0, 0, 10_000_000);
+    private readonly Option<uint[]> _allowUid = new("--allow-uid") { Description = "Unix sockets: accept peers running as this user id (SO_PEERCRED; repeatable)", HelpName = "uid" };
+    private readonly Option<uint[]> _allowGid = new("--allow-gid") { Description = "Unix sockets: accept peers running with this group id (SO_PEERCRED; repeatable)", HelpName = "gid" };
+
+    public IEnumerable<Option> All => [_allow, _deny, _allowFile, _denyFile, _maxPerAddress, _allowUid, _allowGid];
+
+    /// <summary>The access settings asked for (null: anyone), or a usage error, or a file/rule error.</summary>
+    public (AccessSettings? Settings, string? UsageError, string? Error) Read(ParseResult result, bool unix)
+    {
+        string[] allow = result.GetValue(_allow) ?? [], deny = result.GetValue(_deny) ?? [];
+        string[] allowFiles = result.GetValue(_allowFile) ?? [], denyFiles = result.GetValue(_denyFile) ?? [];
+        uint[] uids = result.GetValue(_allowUid) ?? [], gids = result.GetValue(_allowGid) ?? [];
+        bool addressRules = allow.Length + deny.Length + allowFiles.Length + denyFiles.Length > 0;
+        if (unix && (addressRules || result.GetValue(_maxPerAddress) > 0))
+        {
+            return (null, "--allow, --deny and --max-per-address check IP addresses: a Unix socket's peers have none (use --allow-uid/--allow-gid)", null);
+        }
+
+        if (!unix && uids.Length + gids.Length > 0)
+        {
+            return (null, "--allow-uid and --allow-gid check a Unix socket's peer: they need --unix", null);
+        }
+
+        AddressRules? rules = null;
+        if (addressRules)
+        {
+            try
+            {
+                rules = AddressRules.Parse(
+                    allow.Select(r => (r, "--allow")).Concat(allowFiles.SelectMany(AddressRules.ReadFile)),
+                    deny.Select(r => (r, "--deny")).Concat(denyFiles.SelectMany(AddressRules.ReadFile)));
+            }
+            catch (FormatException e)
+            {
+                bool fromFile = !e.Message.StartsWith("invalid --", StringComparison.Ordinal);
+                return fromFile ? (null, null, e.Message) : (null, e.Message, null);
+            }
+        }
+
+        var settings = new AccessSettings
+        {
+            Rules = rules,
+            MaxPerAddress = result.GetValue(_maxPerAddress),
+            AllowedUids = uids.ToHashSet(),
+            AllowedGids = gids.ToHashSet(),
+        };
+        return (settings.Any ? settings : null, null, null);
+    }
+}
