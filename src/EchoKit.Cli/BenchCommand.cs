@@ -39,13 +39,19 @@ internal static class BenchCommand
         var echoTimeout = CliOptions.Duration("--echo-timeout", "A connection with messages in flight and no byte back for this long has stopped echoing: the run fails (exit 11)", "2s", allowZero: false);
         var udp = new Option<bool>("--udp", "-u") { Description = "UDP datagrams, --depth in flight per flow (each flow its own socket), every one checked; lost, late and reordered ones counted" };
         var udpTimeout = CliOptions.Duration("--udp-timeout", "With --udp: a datagram not echoed within this long is lost (its flow goes on)", "200ms", allowZero: false);
+        var reconnect = new Option<bool>("--reconnect") { Description = "Handshake rate: each connection connects (and with --tls shakes hands), reads the greeting, echoes one message, closes, again; reports cycles/s" };
+        var tls = new ClientTlsOptions();
         var json = new Option<bool>("--json") { Description = "Print one JSON object (echoload's field names) instead of the report" };
         var engine = CliOptions.Engine("Drive TCP/Unix connections from our own epoll loops (Linux x86-64) or with .NET's async Socket calls; auto picks epoll where it runs");
 
         var command = new Command("bench", "Load an echo server: messages/s, MB/s and latency percentiles, every echoed byte checked.")
         {
-            target, unix, udp, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, echoTimeout.Option, udpTimeout.Option, json, engine,
+            target, unix, udp, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, echoTimeout.Option, udpTimeout.Option, reconnect, json, engine,
         };
+        foreach (var option in tls.All)
+        {
+            command.Options.Add(option);
+        }
         command.SetAction(async (result, cancellationToken) =>
         {
             string? unixPath = result.GetValue(unix);
@@ -58,6 +64,27 @@ internal static class BenchCommand
             if ((unixPath is null) == (targetText is null))
             {
                 return Program.FailUsage("bench", "give either a HOST[:PORT] target or --unix PATH");
+            }
+
+            var (tlsOptions, tlsUsage, tlsError) = tls.Read(result);
+            if (tlsUsage is not null)
+            {
+                return Program.FailUsage("bench", tlsUsage);
+            }
+
+            if (tlsError is not null)
+            {
+                return Program.Fail(ExitCodes.TlsFailed, tlsError);
+            }
+
+            if (result.GetValue(udp) && (tlsOptions is not null || result.GetValue(reconnect)))
+            {
+                return Program.FailUsage("bench", tlsOptions is not null ? "--tls is for stream connections: leave out --udp" : "--reconnect is for stream connections: leave out --udp");
+            }
+
+            if (result.GetValue(reconnect) && (result.GetValue(rate) is not null || result.GetValue(depth) != 1))
+            {
+                return Program.FailUsage("bench", "--reconnect sends one message per connection: leave out --rate and --depth");
             }
 
             if (result.GetValue(udp))
@@ -102,6 +129,9 @@ internal static class BenchCommand
                 ConnectTimeout = connectTimeout.Get(result)!.Value,
                 EchoTimeout = echoTimeout.Get(result)!.Value,
                 UdpTimeout = udpTimeout.Get(result)!.Value,
+                Tls = tlsOptions is not null,
+                TlsClient = tlsOptions,
+                Reconnect = result.GetValue(reconnect),
                 Engine = result.GetValue(engine),
             };
             return await RunAsync(options, result.GetValue(json)).ConfigureAwait(false);
@@ -144,7 +174,7 @@ internal static class BenchCommand
         }
         catch (ConnectFailedException e)
         {
-            return Program.Fail(ConnectCommand.ExitCodeOf(e), e.Message);
+            return Program.Fail(e.InnerException is TlsHandshakeException ? ExitCodes.TlsFailed : ConnectCommand.ExitCodeOf(e), e.Message);
         }
 
         if (generator.StoppedEarly)
@@ -168,6 +198,12 @@ internal static class BenchCommand
                 ? "; the server sent more than it was sent (a greeting? give its length with --skip-greeting N, or leave --skip-greeting out to detect it)"
                 : "";
             return Program.Fail(ExitCodes.BenchMismatch, $"{result.Mismatches} echoed bytes differed from what was sent{hint}");
+        }
+
+        if (options.Reconnect && result.Errors * 100 > result.Messages + result.Errors)
+        {
+            return Program.Fail(ExitCodes.BenchConnectionsFailed, string.Create(CultureInfo.InvariantCulture,
+                $"{result.Errors} of {result.Messages + result.Errors} connect cycles failed; the first: {generator.FirstCycleError ?? "unknown"}"));
         }
 
         if (result.Udp && result.NoEcho * 100 > result.Connections)
@@ -239,8 +275,12 @@ internal static class BenchCommand
     {
         var culture = CultureInfo.InvariantCulture;
         string target = options.UnixPath is { } path ? "unix:" + path : $"{options.Host}:{options.Port}";
-        Print(string.Create(culture, $"{target}  {r.Connections} connections, {r.MessageSize} B messages, depth {r.Depth}, {(options.Rate is { } rate ? $"open loop at {rate:0} msgs/s" : "closed loop")}, {r.Seconds:0.0} s measured"));
-        Print(string.Create(culture, $"  throughput  {r.MessagesPerSecond,12:N0} msgs/s  {r.MegabytesPerSecond,10:0.00} MB/s"));
+        string mode = options.Reconnect ? $"reconnecting ({(options.Tls ? "TLS handshake" : "connect")}, greeting, one echo, close)"
+            : options.Rate is { } rate ? string.Create(culture, $"open loop at {rate:0} msgs/s") : "closed loop";
+        Print(string.Create(culture, $"{target}{(options.Tls ? " (TLS)" : "")}  {r.Connections} connections, {r.MessageSize} B messages, depth {r.Depth}, {mode}, {r.Seconds:0.0} s measured"));
+        Print(options.Reconnect
+            ? string.Create(culture, $"  throughput  {r.MessagesPerSecond,12:N0} cycles/s{(options.Tls ? " (handshakes/s)" : "")}")
+            : string.Create(culture, $"  throughput  {r.MessagesPerSecond,12:N0} msgs/s  {r.MegabytesPerSecond,10:0.00} MB/s"));
         Print(string.Create(culture, $"  latency     p50 {r.P50Us:0.0} us  p90 {r.P90Us:0.0} us  p99 {r.P99Us:0.0} us  p99.9 {r.P999Us:0.0} us  max {r.MaxUs:0.0} us"));
         Print(string.Create(culture, $"  messages    {r.Messages:N0}   errors {r.Errors}   mismatches {r.Mismatches}   connect failures {r.ConnectFailures}{(r.NoEcho > 0 ? $"   no echo {r.NoEcho}" : "")}"));
         if (r.Udp)

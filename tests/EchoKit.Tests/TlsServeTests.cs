@@ -16,6 +16,7 @@ namespace EchoKit.Tests;
 /// against a .NET client where bytes must be counted: mutual TLS, a plaintext client on the TLS port, a stalled
 /// handshake, bad files, rotation on SIGHUP, close_notify at the end and at the drain.
 /// </summary>
+[Collection(nameof(ReliabilityTests))] // 256 MiB through TLS: measured alone, not beside the suite's floods
 public sealed class TlsServeTests : IDisposable
 {
     private static readonly TimeSpan ExitDeadline = TimeSpan.FromSeconds(20);
@@ -247,7 +248,17 @@ public sealed class TlsServeTests : IDisposable
             using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(120));
             while (true)
             {
-                int n = await client.ReadAsync(buffer, deadline.Token); // 0 only after the server's close_notify
+                int n;
+                try
+                {
+                    n = await client.ReadAsync(buffer, deadline.Token); // 0 only after the server's close_notify
+                }
+                catch (OperationCanceledException)
+                {
+                    Assert.Fail($"stalled after {count} of {total} bytes back; the sender is {sending.Status}; server log:\n{server.StandardErrorText}");
+                    throw;
+                }
+
                 if (n == 0)
                 {
                     break;

@@ -41,6 +41,18 @@ public sealed record BenchOptions
 
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>TLS on every connection (driven by async calls through SslStream); the server is verified as <c>connect --tls</c> does.</summary>
+    public bool Tls { get; init; }
+
+    /// <summary>How the server's certificate is checked, and the client certificate (null with <see cref="Tls"/>: the system's trust store).</summary>
+    internal Client.TlsClientOptions? TlsClient { get; init; }
+
+    /// <summary>
+    /// Handshake rate: each connection connects (and with <see cref="Tls"/> completes a handshake), reads the
+    /// greeting, echoes one message and closes, again and again; a message is one such cycle.
+    /// </summary>
+    public bool Reconnect { get; init; }
+
     /// <summary>A connection with messages in flight and no byte back for this long has stopped echoing.</summary>
     public TimeSpan EchoTimeout { get; init; } = TimeSpan.FromSeconds(2);
 

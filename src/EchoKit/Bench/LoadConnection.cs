@@ -13,16 +13,18 @@ internal sealed class LoadConnection : ILoadFlow
 {
     private readonly LoadGenerator _owner;
     private readonly Socket _socket;
+    private readonly System.Net.Security.SslStream? _tls;
     private readonly int _size;
     private readonly MessageLedger _ledger;
     private readonly byte[] _receiveBuffer;
     private long _sendPosition;
     private volatile bool _failed;
 
-    private LoadConnection(LoadGenerator owner, Socket socket, long startOffset)
+    private LoadConnection(LoadGenerator owner, Socket socket, System.Net.Security.SslStream? tls, long startOffset)
     {
         _owner = owner;
         _socket = socket;
+        _tls = tls;
         _size = owner.Options.MessageSize;
         _ledger = new MessageLedger(owner.Options, startOffset);
         _receiveBuffer = new byte[Math.Max(64 * 1024, _size)];
@@ -43,7 +45,8 @@ internal sealed class LoadConnection : ILoadFlow
 
     public bool Unsolicited => _ledger.Unsolicited;
 
-    public static LoadConnection Open(LoadGenerator owner, int index, Socket connected) => new(owner, connected, owner.StartOffset(index));
+    public static LoadConnection Open(LoadGenerator owner, int index, Socket connected, System.Net.Security.SslStream? tls = null) =>
+        new(owner, connected, tls, owner.StartOffset(index));
 
     /// <summary>A Unix stream socket, or a TCP one with TCP_NODELAY.</summary>
     private static Socket NewStreamSocket(EndPoint endPoint) => endPoint is UnixDomainSocketEndPoint
@@ -58,7 +61,7 @@ internal sealed class LoadConnection : ILoadFlow
     /// vs 107k msgs/s with 100 connections, 30k involuntary context switches in 3 s). The connect
     /// timeout is SO_SNDTIMEO, which Linux applies to connect(). The socket is closed on failure.
     /// </summary>
-    internal static Socket ConnectBlocking(BenchOptions options, EndPoint endPoint, int? skipGreeting, bool greetingExpected, out GreetingSeen seen)
+    internal static (Socket Socket, System.Net.Security.SslStream? Tls) ConnectBlocking(BenchOptions options, EndPoint endPoint, int? skipGreeting, bool greetingExpected, out GreetingSeen seen)
     {
         var socket = NewStreamSocket(endPoint);
         try
@@ -74,8 +77,24 @@ internal sealed class LoadConnection : ILoadFlow
             }
 
             socket.SendTimeout = 0;
-            seen = SkipGreetingBlocking(socket, skipGreeting, greetingExpected);
-            return socket;
+            if (options.Tls)
+            {
+                var tls = HandshakeBlocking(socket, endPoint, options);
+                try
+                {
+                    seen = SkipGreetingBlocking(ReadThrough(tls), skipGreeting, greetingExpected);
+                    tls.ReadTimeout = Timeout.Infinite;
+                    return (socket, tls);
+                }
+                catch
+                {
+                    tls.Dispose();
+                    throw;
+                }
+            }
+
+            seen = SkipGreetingBlocking(ReadThrough(socket), skipGreeting, greetingExpected);
+            return (socket, null);
         }
         catch
         {
@@ -99,7 +118,40 @@ internal sealed class LoadConnection : ILoadFlow
     /// one, and a busy server may be slow to send it); EchoKit's 181-byte greeting is read whole, anything
     /// else until 100 ms pass quietly.
     /// </summary>
-    private static GreetingSeen SkipGreetingBlocking(Socket socket, int? count, bool greetingExpected)
+    /// <summary>Reads into buffer[offset..offset+count]: the bytes read (0: closed), or -1 when nothing came within the wait.</summary>
+    private delegate int TimedRead(byte[] buffer, int offset, int count, TimeSpan wait);
+
+    private static TimedRead ReadThrough(Socket socket) =>
+        (buffer, offset, count, wait) => socket.Poll(wait, SelectMode.SelectRead) ? socket.Receive(buffer, offset, count, SocketFlags.None) : -1;
+
+    private static TimedRead ReadThrough(System.Net.Security.SslStream tls) => (buffer, offset, count, wait) =>
+    {
+        tls.ReadTimeout = (int)Math.Max(1, wait.TotalMilliseconds);
+        try
+        {
+            return tls.Read(buffer, offset, count);
+        }
+        catch (IOException e) when (e.InnerException is SocketException { SocketErrorCode: SocketError.TimedOut or SocketError.WouldBlock })
+        {
+            return -1;
+        }
+    };
+
+    /// <summary>The TLS handshake on a connected socket, within the connect timeout; verified as <c>connect --tls</c> verifies.</summary>
+    private static System.Net.Security.SslStream HandshakeBlocking(Socket socket, EndPoint endPoint, BenchOptions options)
+    {
+        string host = endPoint is IPEndPoint && !string.IsNullOrEmpty(options.Host) && options.UnixPath is null ? options.Host : "localhost";
+        try
+        {
+            return Client.TlsConnector.AuthenticateAsync(socket, host, options.TlsClient ?? new Client.TlsClientOptions(), options.ConnectTimeout).GetAwaiter().GetResult();
+        }
+        catch (Client.TlsHandshakeException e)
+        {
+            throw new IOException(e.Message, e);
+        }
+    }
+
+    private static GreetingSeen SkipGreetingBlocking(TimedRead read, int? count, bool greetingExpected)
     {
         var buffer = new byte[Math.Max(4096, count ?? 0)];
         if (count is { } exact)
@@ -107,18 +159,18 @@ internal sealed class LoadConnection : ILoadFlow
             int got = 0;
             while (got < exact)
             {
-                if (!socket.Poll(TimeSpan.FromSeconds(10), SelectMode.SelectRead))
+                int part = read(buffer, got, exact - got, TimeSpan.FromSeconds(10));
+                if (part < 0)
                 {
                     throw new SocketException((int)SocketError.TimedOut);
                 }
 
-                int n = socket.Receive(buffer, got, exact - got, SocketFlags.None);
-                if (n == 0)
+                if (part == 0)
                 {
                     throw new IOException("the server closed the connection before the benchmark started");
                 }
 
-                got += n;
+                got += part;
             }
 
             return GreetingSeen.Counted;
@@ -127,9 +179,9 @@ internal sealed class LoadConnection : ILoadFlow
         var greeting = Greeting.Bytes.Span;
         int total = 0;
         var wait = greetingExpected ? TimeSpan.FromSeconds(10) : TimeSpan.FromMilliseconds(300);
-        while (socket.Poll(wait, SelectMode.SelectRead))
+        int n;
+        while ((n = read(buffer, 0, total < greeting.Length ? greeting.Length - total : buffer.Length, wait)) >= 0)
         {
-            int n = socket.Receive(buffer, 0, total < greeting.Length ? greeting.Length - total : buffer.Length, SocketFlags.None);
             if (n == 0)
             {
                 throw new IOException("the server closed the connection before the benchmark started");
@@ -191,7 +243,15 @@ internal sealed class LoadConnection : ILoadFlow
         while (bytes > 0)
         {
             int chunk = (int)Math.Min(bytes, LoadGenerator.PatternLength);
-            await Client.SocketTransfer.SendAllAsync(_socket, _owner.PatternMemory(_sendPosition, chunk)).ConfigureAwait(false);
+            if (_tls is not null)
+            {
+                await _tls.WriteAsync(_owner.PatternMemory(_sendPosition, chunk)).ConfigureAwait(false);
+            }
+            else
+            {
+                await Client.SocketTransfer.SendAllAsync(_socket, _owner.PatternMemory(_sendPosition, chunk)).ConfigureAwait(false);
+            }
+
             _sendPosition += chunk;
             bytes -= chunk;
         }
@@ -201,7 +261,9 @@ internal sealed class LoadConnection : ILoadFlow
     {
         while (!_owner.Stopping)
         {
-            int n = await _socket.ReceiveAsync(_receiveBuffer, SocketFlags.None).ConfigureAwait(false);
+            int n = _tls is not null
+                ? await _tls.ReadAsync(_receiveBuffer).ConfigureAwait(false)
+                : await _socket.ReceiveAsync(_receiveBuffer, SocketFlags.None).ConfigureAwait(false);
             if (n == 0)
             {
                 if (!_owner.Stopping)
@@ -269,6 +331,7 @@ internal sealed class LoadConnection : ILoadFlow
     {
         try
         {
+            _tls?.Dispose();
             _socket.Dispose();
         }
         catch (ObjectDisposedException)

@@ -60,7 +60,10 @@ public sealed class LoadGenerator
     internal byte[] PatternArray => _pattern;
 
     /// <summary>Whether flows run on epoll loops (<see cref="EpollLoadLoop"/>, <see cref="UdpLoadLoop"/>) rather than async Socket calls.</summary>
-    private bool UsesEpoll => Internal.EngineChoice.UsesEpoll(_options.Engine);
+    private bool UsesEpoll => Internal.EngineChoice.UsesEpoll(_options.Engine) && (_options.Udp || (!_options.Tls && !_options.Reconnect));
+
+    /// <summary>Greeting bytes every new connection of the reconnect mode reads (what the first connection found).</summary>
+    internal int ReconnectGreeting { get; private set; }
 
     internal ReadOnlySpan<byte> Pattern(long position, int length) => _pattern.AsSpan((int)(position % PatternLength), length);
 
@@ -150,6 +153,13 @@ public sealed class LoadGenerator
             };
             greetingExpected = seen is LoadConnection.GreetingSeen.Other; // then wait for it on each, however slow
             first = 1;
+            if (_options.Reconnect && greetingExpected)
+            {
+                throw new ConnectFailedException("--reconnect needs a greeting of known length: give --skip-greeting N (the server sends one echokit does not know)",
+                    _options.Host, _options.Port, SocketError.ProtocolNotSupported);
+            }
+
+            ReconnectGreeting = skip ?? 0;
         }
 
         using var gate = new SemaphoreSlim(200);
@@ -184,9 +194,18 @@ public sealed class LoadGenerator
                     // A thread of its own (LongRunning): the connect and the greeting read block, up to 300 ms
                     // when detecting; on the thread pool's few threads 200 connections to a server with a greeting
                     // of its own took 8 s to start.
-                    var socket = await Task.Factory.StartNew(() => LoadConnection.ConnectBlocking(_options, target, skipGreeting, expectGreeting, out seen),
+                    var (socket, tls) = await Task.Factory.StartNew(() => LoadConnection.ConnectBlocking(_options, target, skipGreeting, expectGreeting, out seen),
                         cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
-                    worker = epoll ? new EpollLoadConnection(this, socket, StartOffset(i), i) : LoadConnection.Open(this, i, socket);
+                    if (_options.Reconnect)
+                    {
+                        tls?.Dispose(); // this first connection only proved the target; each cycle makes its own
+                        socket.Dispose();
+                        worker = new ReconnectFlow(this, i, target);
+                    }
+                    else
+                    {
+                        worker = epoll ? new EpollLoadConnection(this, socket, StartOffset(i), i) : LoadConnection.Open(this, i, socket, tls);
+                    }
                 }
 
                 lock (_workers)
@@ -208,6 +227,14 @@ public sealed class LoadGenerator
                     Interlocked.Increment(ref _connectFailures);
                     // The first failure is kept (connections fail on many threads at once: set once, atomically).
                     Interlocked.CompareExchange(ref _firstConnectError, (int)(e is SocketException se ? se.SocketErrorCode : SocketError.TimedOut), NoError);
+                    if (e.InnerException is Client.TlsHandshakeException tls)
+                    {
+                        Interlocked.CompareExchange(ref _firstTlsError, tls, null);
+                    }
+                    else if (e is IOException { InnerException: null } io)
+                    {
+                        Interlocked.CompareExchange(ref _firstConnectMessage, io.Message, null); // said in words, not as an errno
+                    }
                 }
 
                 return null;
@@ -219,8 +246,8 @@ public sealed class LoadGenerator
             string tried = candidates.Length == 1 ? EndPointText.Format(endPoint)
                 : $"{_options.Host}:{_options.Port} ({string.Join(", ", candidates.Select(EndPointText.Format))})";
             throw new ConnectFailedException(
-                $"no connection to {tried} succeeded: {SocketErrorText.Describe(FirstConnectError ?? SocketError.ConnectionRefused)}",
-                _options.Host, _options.Port, FirstConnectError ?? SocketError.ConnectionRefused);
+                $"no connection to {tried} succeeded: {(_firstTlsError is { } tlsError ? tlsError.Message : _firstConnectMessage ?? SocketErrorText.Describe(FirstConnectError ?? SocketError.ConnectionRefused))}",
+                _options.Host, _options.Port, FirstConnectError ?? SocketError.ConnectionRefused, _firstTlsError);
         }
 
     }
@@ -361,11 +388,25 @@ public sealed class LoadGenerator
         }
     }
 
+    /// <summary>Reconnect mode: a cycle failed; the first one's reason is kept for the report.</summary>
+    internal void ReportCycleError(SocketError? error, string message)
+    {
+        lock (_workers)
+        {
+            FirstCycleError ??= error is { } e ? SocketErrorText.Describe(e) : message;
+        }
+    }
+
+    /// <summary>Reconnect mode: why the first failed cycle failed (null: none failed).</summary>
+    internal string? FirstCycleError { get; private set; }
+
     /// <summary>Why the first connection dropped during the run failed (null: the server closed it, or none did).</summary>
     public SocketError? FirstDropError { get; private set; }
 
     private const int NoError = int.MinValue;
     private int _firstConnectError = NoError;
+    private Client.TlsHandshakeException? _firstTlsError;
+    private string? _firstConnectMessage;
 
     /// <summary>The error of the first failed connect, for the report.</summary>
     public SocketError? FirstConnectError => Volatile.Read(ref _firstConnectError) is var e && e != NoError ? (SocketError)e : null;
