@@ -220,8 +220,7 @@ internal sealed class EchoConnection
     private async Task RunWrappedAsync(EchoServerOptions options, byte[] payload)
     {
         var context = new Stages.ConnectionContext(Id, (int)_socket.Handle, Peer);
-        _socket.Blocking = true; // NetworkStream refuses a non-blocking socket; its async calls do not block either way
-        Stream stream = new PrefixedStream(payload, new NetworkStream(_socket, ownsSocket: false));
+        Stream stream = new PrefixedStream(payload, new SocketTransportStream(_socket));
         foreach (var stage in _streamStages)
         {
             using var deadline = new CancellationTokenSource(stage.Timeout);

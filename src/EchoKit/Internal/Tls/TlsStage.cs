@@ -80,6 +80,7 @@ internal sealed class TlsStage : IStreamStage
             {
                 ServerCertificateContext = _context,
                 EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+                AllowRenegotiation = false, // a TLS 1.2 client asking to renegotiate again and again costs us handshakes
                 ClientCertificateRequired = _settings.ClientAuth != ClientAuthentication.None,
                 CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
                 RemoteCertificateValidationCallback = (_, certificate, _, _) => CheckClient(certificate, out refusal),
