@@ -14,7 +14,41 @@ internal sealed class ServeAccessOptions
     private readonly Option<uint[]> _allowUid = new("--allow-uid") { Description = "Unix sockets: accept peers running as this user id (SO_PEERCRED; repeatable)", HelpName = "uid" };
     private readonly Option<uint[]> _allowGid = new("--allow-gid") { Description = "Unix sockets: accept peers running with this group id (SO_PEERCRED; repeatable)", HelpName = "gid" };
 
-    public IEnumerable<Option> All => [_allow, _deny, _allowFile, _denyFile, _maxPerAddress, _allowUid, _allowGid];
+    private readonly Option<bool> _proxyProtocol = new("--proxy-protocol") { Description = "Read a PROXY protocol header (v1 or v2) from the peers of --proxy-from: the real client is what logs and limits see" };
+    private readonly Option<string[]> _proxyFrom = new("--proxy-from") { Description = "The load balancers whose PROXY headers are trusted, and required (CIDR, repeatable)", HelpName = "cidr" };
+    private readonly DurationOption _proxyTimeout = CliOptions.Duration("--proxy-timeout", "A PROXY header not complete after this long refuses the connection", "5s", allowZero: false);
+
+    public IEnumerable<Option> All => [_allow, _deny, _allowFile, _denyFile, _maxPerAddress, _allowUid, _allowGid, _proxyProtocol, _proxyFrom, _proxyTimeout.Option];
+
+    /// <summary>The PROXY protocol stage asked for (null: none), or a usage error.</summary>
+    public (Internal.Proxy.ProxyProtocolStage? Stage, string? UsageError) ReadProxy(ParseResult result, bool unix)
+    {
+        string[] from = result.GetValue(_proxyFrom) ?? [];
+        if (!result.GetValue(_proxyProtocol))
+        {
+            return (null, from.Length > 0 || result.GetValue(_proxyTimeout.Option) is not null ? "--proxy-from and --proxy-timeout go with --proxy-protocol" : null);
+        }
+
+        if (unix)
+        {
+            return (null, "--proxy-protocol on a Unix socket is not supported yet: serve TCP behind the load balancer");
+        }
+
+        if (from.Length == 0)
+        {
+            return (null, "--proxy-protocol needs --proxy-from CIDR: the load balancers whose headers are trusted (anyone else is served as is)");
+        }
+
+        try
+        {
+            var trusted = AddressRules.Parse(from.Select(r => (r, "--proxy-from")), []);
+            return (new Internal.Proxy.ProxyProtocolStage(trusted, _proxyTimeout.Get(result)!.Value), null);
+        }
+        catch (FormatException e)
+        {
+            return (null, e.Message);
+        }
+    }
 
     /// <summary>The access settings asked for (null: anyone), or a usage error, or a file/rule error.</summary>
     public (AccessSettings? Settings, string? UsageError, string? Error) Read(ParseResult result, bool unix)

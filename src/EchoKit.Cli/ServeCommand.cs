@@ -194,8 +194,15 @@ internal static class ServeCommand
                 return Program.Fail(ExitCodes.CannotListen, accessError);
             }
 
+            var (proxyStage, proxyUsage) = access.ReadProxy(result, unixPath is not null);
+            if (proxyUsage is not null)
+            {
+                return Program.FailUsage("serve", proxyUsage);
+            }
+
             var options = new EchoServerOptions
             {
+                Stages = proxyStage is null ? [] : [proxyStage],
                 Tls = tlsSettings,
                 Access = accessSettings,
                 Port = result.GetValue(port),

@@ -144,10 +144,11 @@ internal sealed unsafe partial class EpollLoop
         _byFd[fd] = c;
         _count++;
         _server.ReportAccepted(id, peer);
-        if (_server.Options.PrefixStages.Count > 0)
+        if (_server.Options.PrefixStages.Count > 0
+            && Stages.PrefixReader.For(_server.Options.PrefixStages, new Stages.ConnectionContext(id, fd, peer), _nowMs) is { } prefix)
         {
             // The prefix stages read first; the greeting waits for them (ReadPrefix). The tick enforces their deadline.
-            c.Prefix = new Stages.PrefixReader(_server.Options.PrefixStages, new Stages.ConnectionContext(id, fd, peer), _nowMs);
+            c.Prefix = prefix;
             _nextTickMs = Math.Min(_nextTickMs, c.Prefix.DeadlineMs);
             UpdateEvents(c);
             return;

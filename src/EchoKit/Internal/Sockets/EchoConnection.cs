@@ -100,9 +100,10 @@ internal sealed class EchoConnection
         try
         {
             byte[] payload = [];
-            if (options.PrefixStages.Count > 0)
+            if (options.PrefixStages.Count > 0
+                && Stages.PrefixReader.For(options.PrefixStages, new Stages.ConnectionContext(Id, (int)_socket.Handle, Peer), MonotonicClock.Milliseconds) is { } reader)
             {
-                if (await ReadPrefixAsync(options) is not { } afterPrefix)
+                if (await ReadPrefixAsync(reader) is not { } afterPrefix)
                 {
                     return; // refused, timed out or closed before its prefix was read
                 }
@@ -169,10 +170,9 @@ internal sealed class EchoConnection
     /// deadline. Returns the bytes after the prefixes, or null when the connection ends here (refused, timed out,
     /// closed by the peer, or failed: the reason is recorded).
     /// </summary>
-    private async Task<byte[]?> ReadPrefixAsync(EchoServerOptions options)
+    private async Task<byte[]?> ReadPrefixAsync(Stages.PrefixReader reader)
     {
-        var context = new Stages.ConnectionContext(Id, (int)_socket.Handle, Peer);
-        var reader = new Stages.PrefixReader(options.PrefixStages, context, MonotonicClock.Milliseconds);
+        var context = reader.Context;
         using var deadline = new CancellationTokenSource(TimeSpan.FromMilliseconds(Math.Max(0, reader.DeadlineMs - MonotonicClock.Milliseconds)));
         var buffer = new byte[4096];
         while (true)

@@ -10,6 +10,15 @@ namespace EchoKit.Internal.Stages;
 /// </summary>
 internal interface IPrefixStage : IConnectionStage
 {
+    /// <summary>What a refusal's reason starts with ("proxy: …").</summary>
+    string Name => GetType().Name;
+
+    /// <summary>
+    /// Whether this connection has a prefix for this stage at all (PROXY: only peers that may send one); decided
+    /// at accept, so that a connection with no prefix to read gets its greeting at once.
+    /// </summary>
+    bool AppliesTo(ConnectionContext connection) => true;
+
     /// <summary>The longest prefix this stage reads (a PROXY v1 line is at most 107 bytes).</summary>
     int MaxPrefixBytes { get; }
 

@@ -14,7 +14,14 @@ internal sealed class PrefixReader
     private int _length;
     private int _index;
 
-    public PrefixReader(IReadOnlyList<IPrefixStage> stages, ConnectionContext context, long nowMs)
+    /// <summary>The reader for a new connection, or null when no stage has a prefix to read from it.</summary>
+    public static PrefixReader? For(IReadOnlyList<IPrefixStage> stages, ConnectionContext context, long nowMs)
+    {
+        var applying = stages.Where(s => s.AppliesTo(context)).ToArray();
+        return applying.Length == 0 ? null : new PrefixReader(applying, context, nowMs);
+    }
+
+    private PrefixReader(IReadOnlyList<IPrefixStage> stages, ConnectionContext context, long nowMs)
     {
         _stages = stages;
         _context = context;
@@ -28,7 +35,7 @@ internal sealed class PrefixReader
     public long DeadlineMs { get; }
 
     /// <summary>The reason a connection gets when the deadline passes.</summary>
-    public string TimeoutReason => $"{_stages[_index].GetType().Name}: prefix not complete within {Durations.Format(_stages[_index].Timeout)}";
+    public string TimeoutReason => $"{_stages[_index].Name}: prefix not complete within {Durations.Format(_stages[_index].Timeout)}";
 
     /// <summary>
     /// Takes bytes just received. Returns null while more are needed; otherwise either a refusal (with its
@@ -54,7 +61,7 @@ internal sealed class PrefixReader
             {
                 if (_length >= stage.MaxPrefixBytes)
                 {
-                    return ($"{stage.GetType().Name}: prefix longer than {stage.MaxPrefixBytes} bytes", []);
+                    return ($"{stage.Name}: prefix longer than {stage.MaxPrefixBytes} bytes", []);
                 }
 
                 return null;

@@ -165,24 +165,7 @@ internal sealed class TlsStage : IStreamStage
         return e.Message;
     }
 
-    /// <summary>Bytes as a user would recognise them: printable ASCII as is, the rest as \r, \n, \xNN.</summary>
-    private static string Printable(ReadOnlySpan<byte> bytes)
-    {
-        var text = new StringBuilder();
-        foreach (byte b in bytes)
-        {
-            text.Append(b switch
-            {
-                (byte)'\r' => "\\r",
-                (byte)'\n' => "\\n",
-                (byte)'"' or (byte)'\\' => "\\" + (char)b,
-                >= 0x20 and < 0x7F => ((char)b).ToString(),
-                _ => $"\\x{b:x2}",
-            });
-        }
-
-        return text.ToString();
-    }
+    private static string Printable(ReadOnlySpan<byte> bytes) => PrintableBytes.Of(bytes);
 }
 
 /// <summary>Whether the server asks for a client certificate, and whether it must come.</summary>
