@@ -38,7 +38,10 @@ public sealed partial class EchoServer
     {
         id = Interlocked.Increment(ref _nextId);
         var context = new ConnectionContext(id, descriptor, peer);
-        if (_access?.OnAccepted(context) is { Refused: true } refused)
+        // A connection whose first bytes name the real client (PROXY from a trusted balancer) is checked once they
+        // are read (AdmitAfterPrefix): the rules are about the client, not the balancer.
+        bool deferred = _access is not null && Options.PrefixStages.Count > 0 && Options.PrefixStages.Any(s => s.AppliesTo(context));
+        if (!deferred && _access?.OnAccepted(context) is { Refused: true } refused)
         {
             peer = context.Peer;
             return refused; // before admission: a refused peer gets no byte, not even "server busy"
@@ -61,6 +64,10 @@ public sealed partial class EchoServer
         peer = context.Peer;
         return verdict;
     }
+
+    /// <summary>The access rules deferred at accept, on the peer the prefix stages left: a reason to refuse, or null.</summary>
+    internal string? AdmitAfterPrefix(ConnectionContext context) =>
+        _access?.OnAccepted(context) is { Refused: true } verdict ? $"access: {verdict.RefusedBecause}" : null;
 
     /// <summary>A refused connection (already answered and closed by its engine): logged with its reason and announced.</summary>
     internal void ReportRefused(long id, EndPoint? peer, StageVerdict verdict)

@@ -198,6 +198,41 @@ public sealed class ProxyProtocolTests
         }
     }
 
+    [Fact]
+    public async Task Access_rules_and_per_address_limits_judge_the_real_client_not_the_balancer()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--proxy-protocol", "--proxy-from", "127.0.0.1/32",
+            "--allow", "198.51.100.0/24", "--deny", "198.51.100.66/32", "--max-per-address", "1");
+        await using (server)
+        {
+            // The balancer (127.0.0.1) is in no --allow range: its connections are judged by the client they carry.
+            using var first = await ConnectFromAsync("127.0.0.1", port);
+            await first.SendAsync(Encoding.ASCII.GetBytes("PROXY TCP4 198.51.100.7 10.0.0.1 5000 8888\r\n"));
+            Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(first, GreetingBytes.Length));
+
+            using (var second = await ConnectFromAsync("127.0.0.1", port)) // the same client again: over --max-per-address 1
+            {
+                await second.SendAsync(Encoding.ASCII.GetBytes("PROXY TCP4 198.51.100.7 10.0.0.1 5001 8888\r\n"));
+                Assert.Empty(await ReceiveToEndAsync(second));
+            }
+
+            using (var denied = await ConnectFromAsync("127.0.0.1", port))
+            {
+                await denied.SendAsync(Encoding.ASCII.GetBytes("PROXY TCP4 198.51.100.66 10.0.0.1 5002 8888\r\n"));
+                Assert.Empty(await ReceiveToEndAsync(denied));
+            }
+
+            using (var other = await ConnectFromAsync("127.0.0.1", port)) // another client: its own count
+            {
+                await other.SendAsync(Encoding.ASCII.GetBytes("PROXY TCP4 198.51.100.8 10.0.0.1 5003 8888\r\n"));
+                Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(other, GreetingBytes.Length));
+            }
+
+            await server.WaitForStderrAsync("refused: access: over --max-per-address 1", Deadline);
+            await server.WaitForStderrAsync("refused: access: --deny 198.51.100.66/32", Deadline);
+        }
+    }
+
     [Theory]
     [InlineData("--proxy-protocol needs --proxy-from", "--proxy-protocol")]
     [InlineData("--proxy-from and --proxy-timeout go with --proxy-protocol", "--proxy-from", "127.0.0.1")]

@@ -145,7 +145,7 @@ internal sealed unsafe partial class EpollLoop
         _count++;
         _server.ReportAccepted(id, peer);
         if (_server.Options.PrefixStages.Count > 0
-            && Stages.PrefixReader.For(_server.Options.PrefixStages, new Stages.ConnectionContext(id, fd, peer), _nowMs) is { } prefix)
+            && Stages.PrefixReader.For(_server.Options.PrefixStages, new Stages.ConnectionContext(id, fd, peer), _nowMs, _server.AdmitAfterPrefix) is { } prefix)
         {
             // The prefix stages read first; the greeting waits for them (ReadPrefix). The tick enforces their deadline.
             c.Prefix = prefix;

@@ -101,7 +101,7 @@ internal sealed class EchoConnection
         {
             byte[] payload = [];
             if (options.PrefixStages.Count > 0
-                && Stages.PrefixReader.For(options.PrefixStages, new Stages.ConnectionContext(Id, (int)_socket.Handle, Peer), MonotonicClock.Milliseconds) is { } reader)
+                && Stages.PrefixReader.For(options.PrefixStages, new Stages.ConnectionContext(Id, (int)_socket.Handle, Peer), MonotonicClock.Milliseconds, _server.AdmitAfterPrefix) is { } reader)
             {
                 if (await ReadPrefixAsync(reader) is not { } afterPrefix)
                 {

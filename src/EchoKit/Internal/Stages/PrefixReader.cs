@@ -15,11 +15,17 @@ internal sealed class PrefixReader
     private int _index;
 
     /// <summary>The reader for a new connection, or null when no stage has a prefix to read from it.</summary>
-    public static PrefixReader? For(IReadOnlyList<IPrefixStage> stages, ConnectionContext context, long nowMs)
+    /// <param name="admitAfter">
+    /// Run once the prefixes are read, on the peer they left (the real client behind a PROXY header): the access
+    /// rules the server deferred for this connection; a reason refuses it.
+    /// </param>
+    public static PrefixReader? For(IReadOnlyList<IPrefixStage> stages, ConnectionContext context, long nowMs, Func<ConnectionContext, string?>? admitAfter = null)
     {
         var applying = stages.Where(s => s.AppliesTo(context)).ToArray();
-        return applying.Length == 0 ? null : new PrefixReader(applying, context, nowMs);
+        return applying.Length == 0 ? null : new PrefixReader(applying, context, nowMs) { _admitAfter = admitAfter };
     }
+
+    private Func<ConnectionContext, string?>? _admitAfter;
 
     private PrefixReader(IReadOnlyList<IPrefixStage> stages, ConnectionContext context, long nowMs)
     {
@@ -73,7 +79,9 @@ internal sealed class PrefixReader
             _length -= consumed;
             if (++_index == _stages.Count)
             {
-                return (null, [.. _buffer.AsSpan(0, _length), .. beyond]);
+                return _admitAfter?.Invoke(_context) is { } refused
+                    ? (refused, [])
+                    : (null, [.. _buffer.AsSpan(0, _length), .. beyond]);
             }
 
             int more = Math.Min(beyond.Length, _buffer.Length - _length);
