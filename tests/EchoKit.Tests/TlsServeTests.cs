@@ -233,8 +233,6 @@ public sealed class TlsServeTests : IDisposable
                 {
                     await client.WriteAsync(chunk);
                 }
-
-                await client.ShutdownAsync(); // close_notify: our half is done
             });
             using var expected = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
             using var received = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -266,6 +264,12 @@ public sealed class TlsServeTests : IDisposable
 
                 received.AppendData(buffer.AsSpan(0, n));
                 count += n;
+                if (count == total)
+                {
+                    // Everything is back: now our close_notify (SslStream refuses ShutdownAsync while a read is pending).
+                    await sending;
+                    await client.ShutdownAsync();
+                }
             }
 
             await sending;

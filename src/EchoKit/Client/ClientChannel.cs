@@ -26,7 +26,15 @@ internal sealed class ClientChannel(Socket socket, SslStream? tls = null) : IDis
     {
         if (Tls is not null)
         {
-            await Tls.ShutdownAsync().ConfigureAwait(false);
+            try
+            {
+                await Tls.ShutdownAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is InvalidOperationException or NotSupportedException)
+            {
+                // SslStream can refuse ShutdownAsync while the receive side has a read in progress (seen under
+                // load); the FIN below still ends our side, only without close_notify.
+            }
         }
 
         Socket.Shutdown(SocketShutdown.Send);
