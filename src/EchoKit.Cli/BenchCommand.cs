@@ -41,6 +41,7 @@ internal static class BenchCommand
         var udpTimeout = CliOptions.Duration("--udp-timeout", "With --udp: a datagram not echoed within this long is lost (its flow goes on)", "200ms", allowZero: false);
         var reconnect = new Option<bool>("--reconnect") { Description = "Handshake rate: each connection connects (and with --tls shakes hands), reads the greeting, echoes one message, closes, again; reports cycles/s" };
         var tls = new ClientTlsOptions();
+        var proxy = ProxyClientOptions.Create();
         var json = new Option<bool>("--json") { Description = "Print one JSON object (echoload's field names) instead of the report" };
         var engine = CliOptions.Engine("Drive TCP/Unix connections from our own epoll loops (Linux x86-64) or with .NET's async Socket calls; auto picks epoll where it runs");
 
@@ -48,7 +49,7 @@ internal static class BenchCommand
         {
             target, unix, udp, connections, size, depth, duration.Option, warmup.Option, rate, skipGreeting, connectTimeout.Option, echoTimeout.Option, udpTimeout.Option, reconnect, json, engine,
         };
-        foreach (var option in tls.All)
+        foreach (var option in tls.All.Append(proxy.Version))
         {
             command.Options.Add(option);
         }
@@ -75,6 +76,12 @@ internal static class BenchCommand
             if (tlsError is not null)
             {
                 return Program.Fail(ExitCodes.TlsFailed, tlsError);
+            }
+
+            var (proxyHeader, proxyUsage) = proxy.Read(result, result.GetValue(udp) || unixPath is not null);
+            if (proxyUsage is not null)
+            {
+                return Program.FailUsage("bench", proxyUsage);
             }
 
             if (result.GetValue(udp) && (tlsOptions is not null || result.GetValue(reconnect)))
@@ -132,6 +139,7 @@ internal static class BenchCommand
                 Tls = tlsOptions is not null,
                 TlsClient = tlsOptions,
                 Reconnect = result.GetValue(reconnect),
+                ProxyHeaderVersion = proxyHeader?.Version,
                 Engine = result.GetValue(engine),
             };
             return await RunAsync(options, result.GetValue(json)).ConfigureAwait(false);

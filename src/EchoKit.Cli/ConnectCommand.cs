@@ -37,11 +37,12 @@ internal static class ConnectCommand
         var sendTimeout = CliOptions.Duration("--send-timeout", "Fail when a send makes no progress for this long [default: none]", null, allowZero: false);
 
         var tls = new ClientTlsOptions();
+        var proxy = ProxyClientOptions.Create();
         var command = new Command("connect", "Connect to a TCP server: stdin to the socket and the socket to stdout, or one-shot with --send.")
         {
             host, port, family.Four, family.Six, udp, unix, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
         };
-        foreach (var option in tls.All)
+        foreach (var option in tls.All.Concat([proxy.Version, proxy.Source]))
         {
             command.Options.Add(option);
         }
@@ -97,6 +98,12 @@ internal static class ConnectCommand
                 return Program.Fail(ExitCodes.TlsFailed, tlsError);
             }
 
+            var (proxyHeader, proxyUsage) = proxy.Read(result, unixPath is not null || result.GetValue(udp));
+            if (proxyUsage is not null)
+            {
+                return Program.FailUsage("connect", proxyUsage);
+            }
+
             if (tlsOptions is not null && result.GetValue(udp))
             {
                 return Program.FailUsage("connect", "--tls is for stream connections: leave out --udp (DTLS is not supported)");
@@ -113,14 +120,14 @@ internal static class ConnectCommand
 
             var settings = new ClientSettings(
                 result.GetValue(expect), wait.Get(result)!.Value, result.GetValue(halfClose),
-                connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result), onlyFamily, tlsOptions);
+                connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result), onlyFamily, tlsOptions, proxyHeader);
             return await RunAsync(unixPath, targetHost, targetPort, payload, settings).ConfigureAwait(false);
         });
         return command;
     }
 
     private sealed record ClientSettings(int? Expect, TimeSpan Wait, bool HalfClose, TimeSpan ConnectTimeout, TimeSpan? RecvTimeout, TimeSpan? SendTimeout,
-        AddressFamily? Family, TlsClientOptions? Tls);
+        AddressFamily? Family, TlsClientOptions? Tls, ProxyClientOptions.Header? Proxy);
 
     /// <summary>Accepts "host", "host PORT", "host:port", "[v6]:port", "[v6]" and a bare IPv6 literal.</summary>
     internal static bool TryParseTarget(string hostText, string? portText, out string host, out int port, out string? error)
@@ -185,6 +192,12 @@ internal static class ConnectCommand
         }
 
         Console.Error.WriteLine($"echokit: connected to {EndPointText.Format(socket.RemoteEndPoint)}");
+        if (settings.Proxy is { } header)
+        {
+            // The PROXY header goes first, before TLS and before any byte of ours, as a balancer sends it.
+            await socket.SendAllAsync(header.For(socket)).ConfigureAwait(false);
+        }
+
         System.Net.Security.SslStream? secure = null;
         if (settings.Tls is { } tls)
         {

@@ -233,6 +233,41 @@ public sealed class ProxyProtocolTests
         }
     }
 
+    [Fact]
+    public async Task Connect_and_bench_send_the_header_a_balancer_would()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--proxy-protocol", "--proxy-from", "127.0.0.1/32");
+        await using (server)
+        {
+            string target = port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            var v2 = await ChildProcess.RunAsync(TimeSpan.FromSeconds(20), null, "connect", "127.0.0.1", target,
+                "--proxy-protocol", "v2", "--proxy-source", "192.0.2.44:4444", "--send", "as a balancer\\n");
+            Assert.True(v2.ExitCode == 0, v2.ToString());
+            Assert.EndsWith("as a balancer\n", v2.StdoutText, StringComparison.Ordinal);
+            await server.WaitForStderrAsync("from 192.0.2.44:4444 closed", Deadline);
+
+            var v1 = await ChildProcess.RunAsync(TimeSpan.FromSeconds(20), null, "connect", "127.0.0.1", target, "--proxy-protocol", "v1", "--send", "v1\\n");
+            Assert.True(v1.ExitCode == 0, v1.ToString());
+            Assert.EndsWith("v1\n", v1.StdoutText, StringComparison.Ordinal);
+
+            foreach (string[] mode in new[] { new[] { "-c", "4", "--proxy-protocol", "v2" }, ["-c", "2", "--reconnect", "--proxy-protocol", "v1"] })
+            {
+                var bench = await ChildProcess.RunAsync(TimeSpan.FromSeconds(30), null, ["bench", $"127.0.0.1:{port}", "-t", "500ms", "--warmup", "100ms", .. mode]);
+                Assert.True(bench.ExitCode == 0, bench.ToString());
+                Assert.Matches(@"errors 0   mismatches 0", bench.StdoutText);
+            }
+
+            Assert.DoesNotContain("refused: proxy", server.StandardErrorText, StringComparison.Ordinal);
+        }
+    }
+
+    [Theory]
+    [InlineData("--proxy-source goes with --proxy-protocol", "connect", "127.0.0.1", "9", "--proxy-source", "1.2.3.4:5")]
+    [InlineData("invalid --proxy-protocol value 'v3'", "connect", "127.0.0.1", "9", "--proxy-protocol", "v3")]
+    [InlineData("--proxy-protocol is for TCP connections", "bench", "127.0.0.1:9", "--udp", "--proxy-protocol", "v2")]
+    public Task Client_proxy_flags_are_checked(string expected, params string[] args) =>
+        ServeProcessTests.AssertUsageErrorAsync(expected, args);
+
     [Theory]
     [InlineData("--proxy-protocol needs --proxy-from", "--proxy-protocol")]
     [InlineData("--proxy-from and --proxy-timeout go with --proxy-protocol", "--proxy-from", "127.0.0.1")]

@@ -53,6 +53,9 @@ public sealed record BenchOptions
     /// </summary>
     public bool Reconnect { get; init; }
 
+    /// <summary>Send a PROXY protocol header (1 or 2) first on every connection, naming its own endpoints; null: none.</summary>
+    internal int? ProxyHeaderVersion { get; init; }
+
     /// <summary>A connection with messages in flight and no byte back for this long has stopped echoing.</summary>
     public TimeSpan EchoTimeout { get; init; } = TimeSpan.FromSeconds(2);
 

@@ -77,6 +77,11 @@ internal sealed class LoadConnection : ILoadFlow
             }
 
             socket.SendTimeout = 0;
+            if (options.ProxyHeaderVersion is { } version)
+            {
+                socket.Send(Internal.Proxy.ProxyHeader.Build(version, (IPEndPoint)socket.LocalEndPoint!, (IPEndPoint)socket.RemoteEndPoint!));
+            }
+
             if (options.Tls)
             {
                 var tls = HandshakeBlocking(socket, endPoint, options);

@@ -49,6 +49,11 @@ internal sealed class ReconnectFlow(LoadGenerator owner, int index, EndPoint tar
                     : new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
                 using var deadline = new CancellationTokenSource(options.ConnectTimeout);
                 await socket.ConnectAsync(target, deadline.Token).ConfigureAwait(false);
+                if (options.ProxyHeaderVersion is { } version)
+                {
+                    await socket.SendAsync(Internal.Proxy.ProxyHeader.Build(version, (IPEndPoint)socket.LocalEndPoint!, (IPEndPoint)socket.RemoteEndPoint!), SocketFlags.None, deadline.Token).ConfigureAwait(false);
+                }
+
                 Stream stream = new NetworkStream(socket, ownsSocket: false);
                 if (options.Tls)
                 {

@@ -49,6 +49,40 @@ internal static class ProxyHeader
         return Result.Refuse($"no PROXY header: first bytes look like \"{Printable(data[..Math.Min(data.Length, 16)])}\"");
     }
 
+    /// <summary>
+    /// A header for a client to send (connect and bench --proxy-protocol): v1 text or v2 binary, TCP over IPv4, or
+    /// IPv6 when either end is (an IPv4 end then written IPv4-mapped).
+    /// </summary>
+    public static byte[] Build(int version, IPEndPoint source, IPEndPoint destination)
+    {
+        var (from, to) = (Plain(source.Address), Plain(destination.Address));
+        bool v6 = from.AddressFamily == AddressFamily.InterNetworkV6 || to.AddressFamily == AddressFamily.InterNetworkV6;
+        if (v6)
+        {
+            (from, to) = (from.MapToIPv6(), to.MapToIPv6());
+        }
+
+        if (version == 1)
+        {
+            return Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture,
+                $"PROXY {(v6 ? "TCP6" : "TCP4")} {from} {to} {source.Port} {destination.Port}\r\n"));
+        }
+
+        int addressBytes = v6 ? 16 : 4;
+        var header = new byte[16 + (2 * addressBytes) + 4];
+        V2Signature.CopyTo(header);
+        header[12] = 0x21; // version 2, PROXY
+        header[13] = v6 ? (byte)0x21 : (byte)0x11; // INET6 or INET, STREAM
+        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(14), (ushort)((2 * addressBytes) + 4));
+        from.TryWriteBytes(header.AsSpan(16), out _);
+        to.TryWriteBytes(header.AsSpan(16 + addressBytes), out _);
+        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(16 + (2 * addressBytes)), (ushort)source.Port);
+        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(18 + (2 * addressBytes)), (ushort)destination.Port);
+        return header;
+    }
+
+    private static IPAddress Plain(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
+
     private static Result ParseV1(ReadOnlySpan<byte> data)
     {
         int end = data[..Math.Min(data.Length, MaxV1Bytes)].IndexOf("\r\n"u8);
