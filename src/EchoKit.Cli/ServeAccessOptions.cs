@@ -18,7 +18,16 @@ internal sealed class ServeAccessOptions
     private readonly Option<string[]> _proxyFrom = new("--proxy-from") { Description = "The load balancers whose PROXY headers are trusted, and required (CIDR, repeatable)", HelpName = "cidr" };
     private readonly DurationOption _proxyTimeout = CliOptions.Duration("--proxy-timeout", "A PROXY header not complete after this long refuses the connection", "5s", allowZero: false);
 
-    public IEnumerable<Option> All => [_allow, _deny, _allowFile, _denyFile, _maxPerAddress, _allowUid, _allowGid, _proxyProtocol, _proxyFrom, _proxyTimeout.Option];
+    private readonly Option<int?> _healthPort = new("--health-port")
+    {
+        Description = "A TCP port that answers 'ok' while the server serves, closed first when it stops (for a load balancer's health check)",
+        HelpName = "port",
+        CustomParser = r => CliOptions.ParseInteger(r, "--health-port", 0, 65535),
+    };
+
+    public IEnumerable<Option> All => [_allow, _deny, _allowFile, _denyFile, _maxPerAddress, _allowUid, _allowGid, _proxyProtocol, _proxyFrom, _proxyTimeout.Option, _healthPort];
+
+    public int? HealthPort(ParseResult result) => result.GetValue(_healthPort);
 
     /// <summary>The PROXY protocol stage asked for (null: none), or a usage error.</summary>
     public (Internal.Proxy.ProxyProtocolStage? Stage, string? UsageError) ReadProxy(ParseResult result, bool unix)

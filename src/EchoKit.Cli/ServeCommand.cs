@@ -205,6 +205,7 @@ internal static class ServeCommand
                 Stages = proxyStage is null ? [] : [proxyStage],
                 Tls = tlsSettings,
                 Access = accessSettings,
+                HealthPort = access.HealthPort(result),
                 Port = result.GetValue(port),
                 BindAddresses = addresses,
                 UnixPath = unixPath,

@@ -25,6 +25,7 @@ public sealed partial class EchoServer
     /// </summary>
     private async Task StopCoreAsync()
     {
+        _health?.Dispose(); // first: a load balancer stops sending new connections while these drain
         if (_engine is { } engine)
         {
             await engine.StopAcceptingAsync().ConfigureAwait(false);

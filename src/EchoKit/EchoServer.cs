@@ -186,9 +186,28 @@ public sealed partial class EchoServer : IAsyncDisposable
             ? new EpollStreamEngine(this, _logger, _listeners)
             : new Internal.Sockets.SocketStreamEngine(this, _listeners);
         _engine.Start();
+
+        if (Options.HealthPort is { } healthPort)
+        {
+            try
+            {
+                var first = AddressesToBind().First();
+                _health = HealthListener.Open(Options.UnixPath is null ? first : IPAddress.Loopback, healthPort, dualStack: Options.Family is null);
+            }
+            catch (ListenFailedException)
+            {
+                StopAsync().GetAwaiter().GetResult(); // nothing half-started stays behind
+                throw;
+            }
+
+            ReportListening(EndPointText.Format(_health.LocalEndPoint) + " (health: answers ok while serving)");
+        }
+
+        Log.Ready(_logger);
     }
 
     private Internal.Tls.TlsStage? _tls;
+    private HealthListener? _health;
 
     /// <summary>--allow/--deny, --max-per-address, --allow-uid/--allow-gid: checked before admission; null when none is set.</summary>
     private readonly Internal.Access.AccessStage? _access;

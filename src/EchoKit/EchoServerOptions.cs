@@ -111,6 +111,9 @@ public sealed record EchoServerOptions
     /// <summary>Who may connect or send datagrams (--allow/--deny, --max-per-address, --allow-uid/--allow-gid); null: anyone.</summary>
     internal Internal.Access.AccessSettings? Access { get; init; }
 
+    /// <summary>A TCP port that answers "ok" while the server serves (closed first at the stop); null: none, 0: the OS chooses.</summary>
+    internal int? HealthPort { get; init; }
+
     /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
     public int EngineLoops { get; init; }
 

@@ -60,6 +60,9 @@ internal static partial class Log
     [LoggerMessage(18, LogLevel.Warning, "access: refused {Count} by {Rule}, the last from {Peer} (at most one such line a second)")]
     public static partial void AccessRefused(ILogger logger, long count, string rule, string peer);
 
+    [LoggerMessage(19, LogLevel.Information, "ready: serving")]
+    public static partial void Ready(ILogger logger);
+
     [LoggerMessage(13, LogLevel.Debug, "event loop {Index}: {Polled} of {Reads} reads found their bytes by polling the connection directly (dense traffic)")]
     public static partial void LoopReads(ILogger logger, int index, long polled, long reads);
 
