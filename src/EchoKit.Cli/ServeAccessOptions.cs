@@ -25,7 +25,11 @@ internal sealed class ServeAccessOptions
         CustomParser = r => CliOptions.ParseInteger(r, "--health-port", 0, 65535),
     };
 
-    public IEnumerable<Option> All => [_allow, _deny, _allowFile, _denyFile, _maxPerAddress, _allowUid, _allowGid, _proxyProtocol, _proxyFrom, _proxyTimeout.Option, _healthPort];
+    private readonly Option<bool> _reusePort = new("--reuse-port") { Description = "SO_REUSEPORT: several processes share the port (restart without downtime: start the new one, then SIGTERM the old)" };
+
+    public IEnumerable<Option> All => [_allow, _deny, _allowFile, _denyFile, _maxPerAddress, _allowUid, _allowGid, _proxyProtocol, _proxyFrom, _proxyTimeout.Option, _healthPort, _reusePort];
+
+    public bool ReusePort(ParseResult result) => result.GetValue(_reusePort);
 
     public int? HealthPort(ParseResult result) => result.GetValue(_healthPort);
 

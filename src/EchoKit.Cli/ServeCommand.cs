@@ -206,6 +206,7 @@ internal static class ServeCommand
                 Tls = tlsSettings,
                 Access = accessSettings,
                 HealthPort = access.HealthPort(result),
+                ReusePort = access.ReusePort(result),
                 Port = result.GetValue(port),
                 BindAddresses = addresses,
                 UnixPath = unixPath,

@@ -123,7 +123,9 @@ public sealed partial class EchoServer
             return Admission.Busy;
         }
 
-        if (State != ServerState.Started)
+        // Accepted in the instant the stop began: closed. Except with --reuse-port, where the stop is a restart's
+        // hand-over: a client that reached this process's queue is served and drained like the others.
+        if (State != ServerState.Started && !Options.ReusePort)
         {
             Interlocked.Decrement(ref _activeCount);
             return Admission.Stopping;

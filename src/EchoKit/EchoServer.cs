@@ -122,13 +122,13 @@ public sealed partial class EchoServer : IAsyncDisposable
                 {
                     if (Options.Tcp)
                     {
-                        var listener = StreamListener.Open(address, port, Options.Backlog, dualStack: Options.Family is null, _logger);
+                        var listener = StreamListener.Open(address, port, Options.Backlog, dualStack: Options.Family is null, _logger, Options.ReusePort);
                         listener.StreamStages = [.. Options.StreamStages, .. Options.Tls?.Port is null ? TlsStages() : []];
                         _listeners.Add(listener);
                         port = ((IPEndPoint)listener.LocalEndPoint).Port; // with port 0, every socket gets the port the first one got
                         if (Options.Tls?.Port is { } requested)
                         {
-                            var secure = StreamListener.Open(address, tlsPort ?? requested, Options.Backlog, dualStack: Options.Family is null, _logger);
+                            var secure = StreamListener.Open(address, tlsPort ?? requested, Options.Backlog, dualStack: Options.Family is null, _logger, Options.ReusePort);
                             secure.StreamStages = [.. Options.StreamStages, .. TlsStages()];
                             _listeners.Add(secure);
                             tlsPort = ((IPEndPoint)secure.LocalEndPoint).Port;
@@ -203,11 +203,28 @@ public sealed partial class EchoServer : IAsyncDisposable
             ReportListening(EndPointText.Format(_health.LocalEndPoint) + " (health: answers ok while serving)");
         }
 
+        if (Options.ReusePort && ReadSysctl("/proc/sys/net/ipv4/tcp_migrate_req") == "0")
+        {
+            Log.NoMigration(_logger);
+        }
+
         Log.Ready(_logger);
     }
 
     private Internal.Tls.TlsStage? _tls;
     private HealthListener? _health;
+
+    private static string? ReadSysctl(string path)
+    {
+        try
+        {
+            return File.ReadAllText(path).Trim();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
 
     /// <summary>--allow/--deny, --max-per-address, --allow-uid/--allow-gid: checked before admission; null when none is set.</summary>
     private readonly Internal.Access.AccessStage? _access;

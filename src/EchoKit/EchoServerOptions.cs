@@ -114,6 +114,12 @@ public sealed record EchoServerOptions
     /// <summary>A TCP port that answers "ok" while the server serves (closed first at the stop); null: none, 0: the OS chooses.</summary>
     internal int? HealthPort { get; init; }
 
+    /// <summary>
+    /// SO_REUSEPORT on the stream listeners: several processes share the port (a restart starts the new process
+    /// before the old one stops). Off: a second server on the port is refused with EADDRINUSE.
+    /// </summary>
+    internal bool ReusePort { get; init; }
+
     /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
     public int EngineLoops { get; init; }
 

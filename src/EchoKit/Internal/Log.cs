@@ -60,6 +60,9 @@ internal static partial class Log
     [LoggerMessage(18, LogLevel.Warning, "access: refused {Count} by {Rule}, the last from {Peer} (at most one such line a second)")]
     public static partial void AccessRefused(ILogger logger, long count, string rule, string peer);
 
+    [LoggerMessage(20, LogLevel.Warning, "--reuse-port: net.ipv4.tcp_migrate_req is 0, so connections still queued on this process when it stops are reset instead of moving to the next process on the port; for restarts without a refused connection: sysctl -w net.ipv4.tcp_migrate_req=1")]
+    public static partial void NoMigration(ILogger logger);
+
     [LoggerMessage(19, LogLevel.Information, "ready: serving")]
     public static partial void Ready(ILogger logger);
 

@@ -34,7 +34,7 @@ internal sealed class StreamListener : IDisposable
     public bool IsDualStack { get; private set; }
 
     /// <summary>Binds and listens; throws <see cref="ListenFailedException"/> with the one-line reason.</summary>
-    public static StreamListener Open(IPAddress address, int port, int backlog, bool dualStack, ILogger logger)
+    public static StreamListener Open(IPAddress address, int port, int backlog, bool dualStack, ILogger logger, bool reusePort = false)
     {
         var endPoint = new IPEndPoint(address, port);
         var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
@@ -54,6 +54,12 @@ internal sealed class StreamListener : IDisposable
             // SO_REUSEADDR alone, set directly: .NET's ReuseAddress option also sets SO_REUSEPORT on
             // Linux, which would let a second server bind the same port silently (dotnet/corefx#24562).
             socket.SetRawSocketOption(SocketOptionLevels.SolSocket, SocketOptionLevels.SoReuseAddr, BitConverter.GetBytes(1));
+            if (reusePort)
+            {
+                // --reuse-port: several processes of this user share the port, the kernel balancing new connections
+                // (the zero-downtime restart: the new process binds beside the old one before it stops).
+                socket.SetRawSocketOption(SocketOptionLevels.SolSocket, 15 /* SO_REUSEPORT */, BitConverter.GetBytes(1));
+            }
         }, bind: null, logger);
         listener.IsDualStack = dualStack;
         return listener;
