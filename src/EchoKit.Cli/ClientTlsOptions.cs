@@ -4,6 +4,7 @@ using System.Security.Authentication;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using EchoKit.Client;
+using EchoKit.Internal.Tls;
 
 namespace EchoKit.Cli;
 
@@ -74,12 +75,7 @@ internal sealed class ClientTlsOptions
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or CryptographicException or ArgumentException)
         {
-            string why = e switch
-            {
-                FileNotFoundException or DirectoryNotFoundException => "No such file or directory (ENOENT)",
-                UnauthorizedAccessException => "Permission denied (EACCES)",
-                _ => e.Message,
-            };
+            string why = EchoKit.Internal.FileErrorText.Describe(e);
             return (null, null, $"cannot use {what}: {why}");
         }
 
@@ -89,10 +85,9 @@ internal sealed class ClientTlsOptions
     /// <summary>"echokit: TLS: TLSv1.3 TLS_AES_256_GCM_SHA384, server certificate "CN=…" sha256 …".</summary>
     public static string Describe(SslStream tls)
     {
-        string protocol = tls.SslProtocol switch { SslProtocols.Tls13 => "TLSv1.3", SslProtocols.Tls12 => "TLSv1.2", var p => p.ToString() };
         string server = tls.RemoteCertificate is { } presented
-            ? $", server certificate \"{presented.Subject}\" sha256 {TlsConnector.Colons(Convert.ToHexString(presented.GetCertHash(HashAlgorithmName.SHA256)))}"
+            ? $", server certificate \"{presented.Subject}\" sha256 {TlsText.Fingerprint(presented)}"
             : "";
-        return $"echokit: TLS: {protocol} {tls.NegotiatedCipherSuite}{server}";
+        return $"echokit: TLS: {TlsText.Protocol(tls.SslProtocol)} {tls.NegotiatedCipherSuite}{server}";
     }
 }

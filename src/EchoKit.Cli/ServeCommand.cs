@@ -340,7 +340,7 @@ internal static class ServeCommand
     }
 
     private static string Describe(System.Security.Cryptography.X509Certificates.X509Certificate2 certificate) =>
-        $"\"{certificate.Subject}\" sha256 {ServerCertificate.Fingerprint(certificate)}, valid until {certificate.NotAfter.ToUniversalTime():yyyy-MM-dd HH:mm} UTC";
+        $"\"{certificate.Subject}\" sha256 {TlsText.Fingerprint(certificate)}, valid until {certificate.NotAfter.ToUniversalTime():yyyy-MM-dd HH:mm} UTC";
 
     private static string DirectoryOf(UnixDomainSocketEndPoint unix) =>
         Path.GetDirectoryName(Path.GetFullPath(unix.ToString())) is { Length: > 0 } directory ? directory : "/";

@@ -86,12 +86,7 @@ internal sealed class ServeTlsOptions
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or CryptographicException)
             {
-                string why = e switch
-                {
-                    FileNotFoundException or DirectoryNotFoundException => "No such file or directory (ENOENT)",
-                    UnauthorizedAccessException => "Permission denied (EACCES)",
-                    _ => e.Message,
-                };
+                string why = EchoKit.Internal.FileErrorText.Describe(e);
                 return (null, null, $"cannot read the client CA file {clientCa}: {why}");
             }
 

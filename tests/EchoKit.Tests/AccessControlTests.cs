@@ -19,14 +19,6 @@ public sealed class AccessControlTests : IDisposable
 
     public void Dispose() => _dir.Delete(recursive: true);
 
-    private static async Task<Socket> ConnectFromAsync(string source, int port)
-    {
-        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        socket.Bind(new IPEndPoint(IPAddress.Parse(source), 0));
-        await socket.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).WaitAsync(Deadline);
-        return socket;
-    }
-
     [Fact]
     public async Task A_denied_peer_is_closed_before_any_byte_deny_wins_over_allow_and_a_flood_is_logged_once_a_second()
     {

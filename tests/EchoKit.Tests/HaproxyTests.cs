@@ -45,9 +45,7 @@ public sealed class HaproxyTests : IDisposable
             await using var haproxy = ChildProcess.StartProgram("/usr/sbin/haproxy", "-db", "-f", config);
             await WaitUntilListeningQuietlyAsync(front, Deadline);
 
-            using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-            client.Bind(new IPEndPoint(IPAddress.Parse("127.0.0.3"), 0));
-            await client.ConnectAsync(new IPEndPoint(IPAddress.Loopback, front)).WaitAsync(Deadline);
+            using var client = await ConnectFromAsync("127.0.0.3", front);
             Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
             await client.SendAsync("through haproxy\n"u8.ToArray());
             Assert.Equal("through haproxy\n"u8.ToArray(), await ReceiveExactlyAsync(client, 16));
@@ -91,9 +89,7 @@ public sealed class HaproxyTests : IDisposable
             await using var nginx = ChildProcess.StartProgram("/usr/sbin/nginx", "-c", config, "-p", _dir.FullName, "-e", "stderr");
             await WaitUntilListeningQuietlyAsync(front, Deadline);
 
-            using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-            client.Bind(new IPEndPoint(IPAddress.Parse("127.0.0.4"), 0));
-            await client.ConnectAsync(new IPEndPoint(IPAddress.Loopback, front)).WaitAsync(Deadline);
+            using var client = await ConnectFromAsync("127.0.0.4", front);
             Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
             await client.SendAsync("through nginx\n"u8.ToArray());
             Assert.Equal("through nginx\n"u8.ToArray(), await ReceiveExactlyAsync(client, 14));

@@ -119,14 +119,6 @@ public sealed class ProxyProtocolTests
         Assert.Contains("TLV that runs past", ProxyHeader.Parse(V2(1, 0x11, Inet("192.0.2.1", 1, [0x04, 0x00, 0x09, 0x01]))).Error, StringComparison.Ordinal);
     }
 
-    private static async Task<Socket> ConnectFromAsync(string source, int port)
-    {
-        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        socket.Bind(new IPEndPoint(IPAddress.Parse(source), 0));
-        await socket.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).WaitAsync(Deadline);
-        return socket;
-    }
-
     [Theory]
     [InlineData("epoll")]
     [InlineData("socket")]

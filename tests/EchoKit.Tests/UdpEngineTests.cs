@@ -16,28 +16,6 @@ public sealed class UdpEngineTests
 {
     private static readonly TimeSpan ExitDeadline = TimeSpan.FromSeconds(20);
 
-    private static Socket UdpClient(IPAddress address)
-    {
-        var socket = new Socket(address.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
-        socket.Bind(new IPEndPoint(address, 0));
-        return socket;
-    }
-
-    private static async Task<byte[]?> ReceiveAsync(Socket socket, TimeSpan wait)
-    {
-        var buffer = new byte[70_000];
-        using var cts = new CancellationTokenSource(wait);
-        try
-        {
-            int n = await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
-            return buffer.AsSpan(0, n).ToArray();
-        }
-        catch (OperationCanceledException)
-        {
-            return null;
-        }
-    }
-
     private static string[] EngineArgs(string engine)
     {
         Assert.SkipWhen(engine == "epoll" && !EchoServer.EpollSupported, "the batched engine runs on Linux x86-64 only");
@@ -53,15 +31,15 @@ public sealed class UdpEngineTests
         await using (server)
         {
             var target = new IPEndPoint(IPAddress.IPv6Loopback, port);
-            using var client = UdpClient(IPAddress.IPv6Loopback);
+            using var client = UdpTests.UdpClient(IPAddress.IPv6Loopback);
             await client.SendToAsync(new byte[60_001], target); // one byte over: cut by the kernel, never echoed cut
             var largest = ServeProcessTests.RandomBytes(60_000);
             largest[0] = (byte)'<';
             await client.SendToAsync(largest, target);
-            Assert.Equal(largest, await ReceiveAsync(client, Deadline));
+            Assert.Equal(largest, await UdpTests.ReceiveDatagramAsync(client, Deadline));
 
             await client.SendToAsync("to stdout\n"u8.ToArray(), target);
-            Assert.Equal("to stdout\n"u8.ToArray(), await ReceiveAsync(client, Deadline));
+            Assert.Equal("to stdout\n"u8.ToArray(), await UdpTests.ReceiveDatagramAsync(client, Deadline));
             await server.WaitForStdoutAsync(60_000 + 10, Deadline);
 
             server.Signal(ChildProcess.SIGTERM);
@@ -84,7 +62,7 @@ public sealed class UdpEngineTests
             Assert.Equal(3, UdpSocketsOf(server.Pid, port));
 
             // 50 flows (source ports), 20 datagrams each, from whichever CPU the scheduler runs us on: every one back.
-            var flows = Enumerable.Range(0, 50).Select(_ => UdpClient(IPAddress.Loopback)).ToArray();
+            var flows = Enumerable.Range(0, 50).Select(_ => UdpTests.UdpClient(IPAddress.Loopback)).ToArray();
             try
             {
                 foreach (var flow in flows)
@@ -98,7 +76,7 @@ public sealed class UdpEngineTests
                     {
                         byte[] datagram = BitConverter.GetBytes((i * 1000) + round);
                         await flow.SendAsync(datagram);
-                        Assert.Equal(datagram, await ReceiveAsync(flow, Deadline));
+                        Assert.Equal(datagram, await UdpTests.ReceiveDatagramAsync(flow, Deadline));
                     }));
                 }
             }
@@ -150,7 +128,7 @@ public sealed class UdpEngineTests
             using var intruder = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp) { DualMode = true };
             intruder.SetRawSocketOption(1, 15 /* SO_REUSEPORT */, BitConverter.GetBytes(1));
             intruder.Bind(new IPEndPoint(IPAddress.IPv6Any, port));
-            var flows = Enumerable.Range(0, 20).Select(_ => UdpClient(IPAddress.Loopback)).ToArray();
+            var flows = Enumerable.Range(0, 20).Select(_ => UdpTests.UdpClient(IPAddress.Loopback)).ToArray();
             try
             {
                 for (int round = 0; round < 10; round++)
@@ -158,7 +136,7 @@ public sealed class UdpEngineTests
                     await Task.WhenAll(flows.Select(async flow =>
                     {
                         await flow.SendToAsync("mine"u8.ToArray(), new IPEndPoint(IPAddress.Loopback, port));
-                        Assert.Equal("mine"u8.ToArray(), await ReceiveAsync(flow, Deadline));
+                        Assert.Equal("mine"u8.ToArray(), await UdpTests.ReceiveDatagramAsync(flow, Deadline));
                     }));
                 }
             }
@@ -194,7 +172,7 @@ public sealed class UdpEngineTests
 
             server.Signal(19); // SIGSTOP: nothing reads; the queue fills and the kernel drops the rest
             await ProcStats.WaitUntilAsync(() => ProcStats.IsStopped(server.Pid), Deadline, () => "the server did not stop");
-            using var client = UdpClient(IPAddress.Loopback);
+            using var client = UdpTests.UdpClient(IPAddress.Loopback);
             var datagram = new byte[8_000];
             for (int i = 0; i < 2_000; i++) // 16 MB into a 6 MiB queue, far more than it holds
             {

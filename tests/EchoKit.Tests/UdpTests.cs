@@ -11,7 +11,7 @@ public sealed class UdpTests
 {
     private static readonly TimeSpan ExitDeadline = TimeSpan.FromSeconds(20);
 
-    private static Socket UdpClient(IPAddress address, int sourcePort = 0)
+    internal static Socket UdpClient(IPAddress address, int sourcePort = 0)
     {
         var socket = new Socket(address.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         socket.Bind(new IPEndPoint(address, sourcePort));
@@ -19,7 +19,7 @@ public sealed class UdpTests
     }
 
     /// <summary>One datagram back within the wait, or null.</summary>
-    private static async Task<byte[]?> ReceiveDatagramAsync(Socket socket, TimeSpan wait)
+    internal static async Task<byte[]?> ReceiveDatagramAsync(Socket socket, TimeSpan wait)
     {
         var buffer = new byte[70_000];
         using var cts = new CancellationTokenSource(wait);

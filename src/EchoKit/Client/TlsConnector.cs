@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Security.Authentication;
-using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 
 namespace EchoKit.Client;
@@ -60,7 +59,7 @@ internal static class TlsConnector
             await tls.DisposeAsync().ConfigureAwait(false);
             throw new TlsHandshakeException(refusal ?? (e is OperationCanceledException
                 ? $"the TLS handshake did not finish within {Durations.Format(timeout)}"
-                : $"TLS handshake failed: {Innermost(e)}"));
+                : $"TLS handshake failed: {Internal.Tls.TlsText.Innermost(e)}"));
         }
     }
 
@@ -81,13 +80,13 @@ internal static class TlsConnector
         using var certificate = new X509Certificate2(presented);
         if (options.Pin is { } pin)
         {
-            string fingerprint = Convert.ToHexString(certificate.GetCertHash(HashAlgorithmName.SHA256));
-            if (string.Equals(fingerprint, pin.Replace(":", "", StringComparison.Ordinal), StringComparison.OrdinalIgnoreCase))
+            string fingerprint = Internal.Tls.TlsText.Fingerprint(certificate);
+            if (string.Equals(fingerprint.Replace(":", "", StringComparison.Ordinal), pin.Replace(":", "", StringComparison.Ordinal), StringComparison.OrdinalIgnoreCase))
             {
                 return true;
             }
 
-            refusal = $"the server's certificate \"{certificate.Subject}\" has sha256 {Colons(fingerprint)}, not the pinned {pin}";
+            refusal = $"the server's certificate \"{certificate.Subject}\" has sha256 {fingerprint}, not the pinned {pin}";
             return false;
         }
 
@@ -122,7 +121,7 @@ internal static class TlsConnector
 
             if (!chain.Build(certificate))
             {
-                problems.Add($"unknown issuer: \"{certificate.Issuer}\" is not a CA this client trusts ({(options.Authorities is null ? "the system store" : "--tls-ca")}; give --tls-ca FILE, or --tls-pin the fingerprint {Colons(Convert.ToHexString(certificate.GetCertHash(HashAlgorithmName.SHA256)))})");
+                problems.Add($"unknown issuer: \"{certificate.Issuer}\" is not a CA this client trusts ({(options.Authorities is null ? "the system store" : "--tls-ca")}; give --tls-ca FILE, or --tls-pin the fingerprint {Internal.Tls.TlsText.Fingerprint(certificate)})");
             }
         }
         else if ((errors & SslPolicyErrors.RemoteCertificateNotAvailable) != 0)
@@ -137,18 +136,5 @@ internal static class TlsConnector
 
         refusal = $"the server's certificate \"{certificate.Subject}\" was not accepted: {string.Join("; ", problems)}";
         return false;
-    }
-
-    /// <summary>"AB:CD:…" from hex.</summary>
-    public static string Colons(string hex) => string.Join(':', hex.Chunk(2).Select(pair => new string(pair)));
-
-    private static string Innermost(Exception e)
-    {
-        while (e.InnerException is { } inner)
-        {
-            e = inner;
-        }
-
-        return e.Message;
     }
 }

@@ -19,6 +19,23 @@ public static class Loopback
 
     public static Task<Socket> ConnectAsync(int port) => ConnectAsync(IPAddress.Loopback, port);
 
+    /// <summary>Connects to 127.0.0.1:<paramref name="port"/> from <paramref name="source"/> (any 127.x.y.z: loopback takes them all).</summary>
+    public static async Task<Socket> ConnectFromAsync(string source, int port)
+    {
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            socket.Bind(new IPEndPoint(IPAddress.Parse(source), 0));
+            await socket.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).WaitAsync(Deadline);
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Reads exactly <paramref name="count"/> bytes, or fails at the deadline / on early EOF.</summary>
     public static async Task<byte[]> ReceiveExactlyAsync(Socket socket, int count, TimeSpan? deadline = null)
     {

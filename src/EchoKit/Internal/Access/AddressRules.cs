@@ -46,12 +46,7 @@ internal sealed class AddressRules
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            string why = e switch
-            {
-                FileNotFoundException or DirectoryNotFoundException => "No such file or directory (ENOENT)",
-                UnauthorizedAccessException => "Permission denied (EACCES)",
-                _ => e.Message,
-            };
+            string why = EchoKit.Internal.FileErrorText.Describe(e);
             throw new FormatException($"cannot read {path}: {why}");
         }
 

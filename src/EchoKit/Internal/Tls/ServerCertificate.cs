@@ -140,12 +140,7 @@ internal sealed class ServerCertificate
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            string why = e switch
-            {
-                FileNotFoundException or DirectoryNotFoundException => "No such file or directory (ENOENT)",
-                UnauthorizedAccessException => "Permission denied (EACCES)",
-                _ => e.Message,
-            };
+            string why = EchoKit.Internal.FileErrorText.Describe(e);
             throw new TlsConfigurationException($"cannot read the {what} file {path}: {why}");
         }
     }
@@ -176,9 +171,6 @@ internal sealed class ServerCertificate
         return request.CreateSelfSigned(now.AddHours(-1), now.AddDays(30));
     }
 
-    /// <summary>"AB:CD:…", the SHA-256 fingerprint as openssl x509 -fingerprint -sha256 prints it.</summary>
-    public static string Fingerprint(X509Certificate2 certificate) =>
-        Convert.ToHexString(certificate.GetCertHash(HashAlgorithmName.SHA256)).Chunk(2).Select(pair => new string(pair)).Aggregate((a, b) => a + ":" + b);
 }
 
 /// <summary>A TLS setting that cannot work, in one sentence for the user.</summary>

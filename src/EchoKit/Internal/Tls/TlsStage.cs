@@ -92,7 +92,7 @@ internal sealed class TlsStage : IStreamStage
             catch (AuthenticationException e)
             {
                 await ssl.DisposeAsync().ConfigureAwait(false);
-                throw new IOException(refusal ?? $"TLS handshake failed: {Innermost(e)}");
+                throw new IOException(refusal ?? $"TLS handshake failed: {TlsText.Innermost(e)}");
             }
             catch
             {
@@ -101,9 +101,9 @@ internal sealed class TlsStage : IStreamStage
             }
 
             string client = ssl.RemoteCertificate is { } presented
-                ? $", client certificate \"{presented.Subject}\" sha256 {ServerCertificate.Fingerprint(new X509Certificate2(presented))}"
+                ? $", client certificate \"{presented.Subject}\" sha256 {TlsText.Fingerprint(presented)}"
                 : "";
-            Log.TlsEstablished(_logger, connection.Id, Protocol(ssl.SslProtocol), ssl.NegotiatedCipherSuite.ToString(), client);
+            Log.TlsEstablished(_logger, connection.Id, TlsText.Protocol(ssl.SslProtocol), ssl.NegotiatedCipherSuite.ToString(), client);
             return ssl;
         }
         finally
@@ -146,23 +146,6 @@ internal sealed class TlsStage : IStreamStage
         string why = string.Join("; ", chain.ChainStatus.Select(s => s.StatusInformation.Trim()).Where(s => s.Length > 0).Distinct());
         refusal = $"client certificate \"{presented.Subject}\" not trusted: {(why.Length > 0 ? why : "not issued by a --tls-client-ca")}";
         return false;
-    }
-
-    private static string Protocol(SslProtocols protocol) => protocol switch
-    {
-        SslProtocols.Tls13 => "TLSv1.3",
-        SslProtocols.Tls12 => "TLSv1.2",
-        _ => protocol.ToString(),
-    };
-
-    private static string Innermost(Exception e)
-    {
-        while (e.InnerException is { } inner)
-        {
-            e = inner;
-        }
-
-        return e.Message;
     }
 
     private static string Printable(ReadOnlySpan<byte> bytes) => PrintableBytes.Of(bytes);
