@@ -65,9 +65,19 @@ public sealed partial class EchoServer
         return verdict;
     }
 
-    /// <summary>The access rules deferred at accept, on the peer the prefix stages left: a reason to refuse, or null.</summary>
-    internal string? AdmitAfterPrefix(ConnectionContext context) =>
-        _access?.OnAccepted(context) is { Refused: true } verdict ? $"access: {verdict.RefusedBecause}" : null;
+    /// <summary>
+    /// The prefixes are read: the client they named (if any) is logged beside the balancer, and the access rules
+    /// deferred at accept judge it. A reason to refuse, or null.
+    /// </summary>
+    internal string? AdmitAfterPrefix(ConnectionContext context)
+    {
+        if (!Equals(context.Peer, context.AcceptedFrom))
+        {
+            Log.ClientBehind(_logger, context.Id, EndPointText.Format(context.Peer), EndPointText.Format(context.AcceptedFrom));
+        }
+
+        return _access?.OnAccepted(context) is { Refused: true } verdict ? $"access: {verdict.RefusedBecause}" : null;
+    }
 
     /// <summary>A refused connection (already answered and closed by its engine): logged with its reason and announced.</summary>
     internal void ReportRefused(long id, EndPoint? peer, StageVerdict verdict)
@@ -123,9 +133,11 @@ public sealed partial class EchoServer
             return Admission.Busy;
         }
 
-        // Accepted in the instant the stop began: closed. Except with --reuse-port, where the stop is a restart's
-        // hand-over: a client that reached this process's queue is served and drained like the others.
-        if (State != ServerState.Started && !Options.ReusePort)
+        // Accepted after the stop began (the listeners' backlogs, taken before they close): served and drained like
+        // the others, not reset: for the client behind a load balancer, or the next process on the port, nothing
+        // tells a connection the kernel has completed from one we have accepted. Once the engine has stopped
+        // accepting, nothing should arrive; should something, it is closed.
+        if (_acceptingEnded)
         {
             Interlocked.Decrement(ref _activeCount);
             return Admission.Stopping;

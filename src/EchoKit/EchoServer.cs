@@ -203,7 +203,8 @@ public sealed partial class EchoServer : IAsyncDisposable
             ReportListening(EndPointText.Format(_health.LocalEndPoint) + " (health: answers ok while serving)");
         }
 
-        if (Options.ReusePort && ReadSysctl("/proc/sys/net/ipv4/tcp_migrate_req") == "0")
+        _migratesBacklog = ReadSysctl("/proc/sys/net/ipv4/tcp_migrate_req") is { } migrate && migrate != "0";
+        if (Options.ReusePort && !_migratesBacklog)
         {
             Log.NoMigration(_logger);
         }
@@ -213,6 +214,8 @@ public sealed partial class EchoServer : IAsyncDisposable
 
     private Internal.Tls.TlsStage? _tls;
     private HealthListener? _health;
+    private bool _migratesBacklog;
+    private volatile bool _acceptingEnded;
 
     private static string? ReadSysctl(string path)
     {

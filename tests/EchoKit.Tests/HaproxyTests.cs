@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using System.Text.Json;
 using EchoKit.Tests.Infrastructure;
 using static EchoKit.Tests.Infrastructure.Loopback;
 
@@ -54,11 +55,84 @@ public sealed class HaproxyTests : IDisposable
             await ReceiveToEndAsync(client);
 
             await server.WaitForStderrAsync($"from 127.0.0.3:{clientPort} closed: closed by peer", Deadline);
+            Assert.Matches($@"connection \d+: client 127\.0\.0\.3:{clientPort} \(PROXY header from 127\.0\.0\.1:\d+\)", server.StandardErrorText);
             await ProcStats.WaitUntilAsync(() => server.StandardErrorText.Split('\n').Count(l => l.Contains("from 127.0.0.1:", StringComparison.Ordinal) && l.Contains(" closed: ", StringComparison.Ordinal)) >= 2,
                 Deadline, () => "no health check reached the server: " + server.StandardErrorText);
             Assert.DoesNotContain("refused: proxy", server.StandardErrorText, StringComparison.Ordinal);
         }
     }
+
+    /// <summary>
+    /// Two instances behind HAProxy (send-proxy-v2, check-send-proxy, redispatch); a client reconnecting all the
+    /// time; one instance gets SIGTERM: the client sees no error. What could fail: a connection HAProxy has
+    /// completed to the instance's backlog, reset when the listener closes (HAProxy cannot retry it in TCP mode;
+    /// it logs SD). The stopping server starts no new handshake and serves its backlog before closing.
+    /// </summary>
+    [Fact]
+    public async Task One_of_two_instances_behind_haproxy_stops_and_a_reconnecting_client_sees_no_error()
+    {
+        Assert.SkipUnless(File.Exists("/usr/sbin/haproxy"), "haproxy is not installed (.ci/run installs it)");
+        string echokit = ChildProcess.EchokitForShell();
+        string d = _dir.FullName;
+        int front = FreePort(), first = FreePort(), second = FreePort();
+        File.WriteAllText(Path.Combine(d, "haproxy.cfg"), string.Create(CultureInfo.InvariantCulture, $"""
+            global
+                maxconn 1000
+                log stdout format raw local0
+            defaults
+                mode tcp
+                log global
+                option tcplog
+                option redispatch 1
+                retries 3
+                timeout connect 2s
+                timeout client 10s
+                timeout server 10s
+            frontend echo
+                bind 127.0.0.1:{front}
+                default_backend echokit
+            backend echokit
+                server e1 127.0.0.1:{first} send-proxy-v2 check check-send-proxy inter 200ms
+                server e2 127.0.0.1:{second} send-proxy-v2 check check-send-proxy inter 200ms
+
+            """));
+        string script = $$"""
+            set -u
+            E="{{echokit}}"
+            wait_for() { for _ in $(seq 400); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "timed out waiting for '$2' in $1"; cat "$1"; exit 1; }
+            serve() { eval "exec $E serve --port $1 --proxy-protocol --proxy-from 127.0.0.1/32 --quiet"; }
+            serve {{first}} 2>{{d}}/e1.err &
+            e1=$!
+            serve {{second}} 2>{{d}}/e2.err &
+            e2=$!
+            wait_for {{d}}/e1.err "ready: serving"
+            wait_for {{d}}/e2.err "ready: serving"
+            exec /usr/sbin/haproxy -db -f {{d}}/haproxy.cfg >{{d}}/haproxy.log 2>&1 &
+            ha=$!
+            trap 'kill -TERM $ha $e2 2>/dev/null; kill -TERM $e1 2>/dev/null' EXIT
+            wait_for {{d}}/e1.err "from 127.0.0.1:.* closed"
+            wait_for {{d}}/e2.err "from 127.0.0.1:.* closed"
+            eval "exec $E bench 127.0.0.1:{{front}} --reconnect -c 8 -t 3s --warmup 0 --json" >{{d}}/bench.json 2>{{d}}/bench.err &
+            bench=$!
+            wait_for {{d}}/bench.err "t=1s"
+            kill -TERM $e1
+            wait $e1; echo "e1_rc=$?"
+            wait $bench; echo "bench_rc=$?"
+            """;
+        var result = await ChildProcess.RunProgramAsync("bash", TimeSpan.FromSeconds(60), null, "-c", script);
+        string report = $"{result.StdoutText}\n{result.Stderr}\ne1: {Tail("e1.err")}\ne2: {Tail("e2.err")}\nbench: {Read("bench.err")}\nhaproxy (not normal): "
+            + string.Join('\n', Read("haproxy.log").Split('\n').Where(l => l.Contains(" SD ", StringComparison.Ordinal) || l.Contains(" sC ", StringComparison.Ordinal) || l.Contains(" CC ", StringComparison.Ordinal)));
+        Assert.True(result.StdoutText.Contains("e1_rc=0", StringComparison.Ordinal) && result.StdoutText.Contains("bench_rc=0", StringComparison.Ordinal), report);
+        using var json = JsonDocument.Parse(Read("bench.json"));
+        Assert.True(json.RootElement.GetProperty("msgs").GetInt64() > 100, report);
+        Assert.True(json.RootElement.GetProperty("errors").GetInt64() == 0, report);
+        Assert.True(json.RootElement.GetProperty("mismatches").GetInt64() == 0, report);
+        Assert.Contains("shutting down", Read("e1.err"), StringComparison.Ordinal);
+    }
+
+    private string Read(string name) => File.Exists(Path.Combine(_dir.FullName, name)) ? File.ReadAllText(Path.Combine(_dir.FullName, name)) : "";
+
+    private string Tail(string name) => string.Join('\n', Read(name).Split('\n').TakeLast(15));
 
     [Fact]
     public async Task Echo_through_nginx_stream_with_proxy_protocol_on_logs_the_real_client()

@@ -17,15 +17,13 @@ public sealed class RestartTests : IDisposable
 
     public void Dispose() => _dir.Delete(recursive: true);
 
-    private static string Quote(string text) => "'" + text.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
-
     [Fact]
     public async Task A_restart_with_reuse_port_refuses_no_connection_and_loses_no_byte()
     {
         Assert.SkipUnless(Environment.UserName == "root" && File.Exists("/usr/bin/unshare"), "a network namespace of its own needs root (unshare --net)");
         var probe = await ChildProcess.RunProgramAsync("unshare", TimeSpan.FromSeconds(10), null, "--net", "true");
         Assert.SkipWhen(probe.ExitCode != 0, $"unshare --net is not allowed here: {probe.Stderr.Trim()}");
-        string echokit = string.Join(' ', ChildProcess.Echokit().Select(Quote));
+        string echokit = ChildProcess.EchokitForShell();
         string d = _dir.FullName;
         string script = $$"""
             set -u

@@ -53,6 +53,72 @@ public sealed partial class ServeProcessTests
         }
     }
 
+    /// <summary>
+    /// Connections the kernel completed that are still in the listen backlog when the stop begins are served,
+    /// not reset by the close (a load balancer in TCP mode cannot retry those). The server is stopped (SIGSTOP)
+    /// while the clients connect and send, then gets SIGTERM and SIGCONT together.
+    /// </summary>
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task Connections_waiting_in_the_backlog_when_SIGTERM_arrives_are_greeted_echoed_and_closed_with_FIN(string engine)
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--engine", engine, "--quiet", "--shutdown-timeout", "10s");
+        await using (server)
+        {
+            server.Signal(19); // SIGSTOP
+            await ProcStats.WaitUntilAsync(() => ProcStats.IsStopped(server.Pid), Deadline, () => "the server never stopped");
+            const int Count = 100;
+            var clients = await Task.WhenAll(Enumerable.Range(0, Count).Select(_ => ConnectAsync(port)));
+            try
+            {
+                foreach (var client in clients)
+                {
+                    await client.SendAsync("queued\n"u8.ToArray());
+                }
+
+                server.Signal(ChildProcess.SIGTERM);
+                server.Signal(18); // SIGCONT: the stop and the backlog's connections meet
+                int served = 0;
+                var failures = new List<string>();
+                foreach (var client in clients)
+                {
+                    try
+                    {
+                        byte[] all = await ReceiveToEndAsync(client);
+                        if (all.AsSpan().SequenceEqual([.. GreetingBytes, .. "queued\n"u8]))
+                        {
+                            served++;
+                        }
+                        else
+                        {
+                            failures.Add($"{all.Length} bytes");
+                        }
+                    }
+                    catch (System.Net.Sockets.SocketException e)
+                    {
+                        failures.Add(e.SocketErrorCode.ToString());
+                    }
+                }
+
+                Assert.True(served == Count, $"{served} of {Count} served; the others: {string.Join(", ", failures.CountBy(f => f).Select(f => $"{f.Value}x {f.Key}"))}\n{server.StandardErrorText}");
+                foreach (var client in clients)
+                {
+                    client.Dispose();
+                }
+
+                Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+            }
+            finally
+            {
+                foreach (var client in clients)
+                {
+                    client.Dispose();
+                }
+            }
+        }
+    }
+
     [Theory]
     [InlineData("epoll")]
     [InlineData("socket")]

@@ -12,6 +12,9 @@ internal static partial class Log
     [LoggerMessage(2, LogLevel.Information, "connection {Id} accepted from {Peer}")]
     public static partial void Accepted(ILogger logger, long id, string peer);
 
+    [LoggerMessage(21, LogLevel.Information, "connection {Id}: client {Client} (PROXY header from {Balancer})")]
+    public static partial void ClientBehind(ILogger logger, long id, string client, string balancer);
+
     [LoggerMessage(3, LogLevel.Information, "connection {Id} from {Peer} closed: {Reason}, {BytesIn} bytes in, {BytesOut} bytes out, {DurationMs} ms")]
     public static partial void Closed(ILogger logger, long id, string peer, string reason, long bytesIn, long bytesOut, long durationMs);
 
@@ -60,7 +63,7 @@ internal static partial class Log
     [LoggerMessage(18, LogLevel.Warning, "access: refused {Count} by {Rule}, the last from {Peer} (at most one such line a second)")]
     public static partial void AccessRefused(ILogger logger, long count, string rule, string peer);
 
-    [LoggerMessage(20, LogLevel.Warning, "--reuse-port: net.ipv4.tcp_migrate_req is 0, so connections still queued on this process when it stops are reset instead of moving to the next process on the port; for restarts without a refused connection: sysctl -w net.ipv4.tcp_migrate_req=1")]
+    [LoggerMessage(20, LogLevel.Warning, "--reuse-port: net.ipv4.tcp_migrate_req is 0, so a client that connects while this process stops waits a second for its retried SYN to reach the next process on the port, where the kernel would move it at once: sysctl -w net.ipv4.tcp_migrate_req=1")]
     public static partial void NoMigration(ILogger logger);
 
     [LoggerMessage(19, LogLevel.Information, "ready: serving")]

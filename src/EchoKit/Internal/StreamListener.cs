@@ -14,6 +14,7 @@ internal sealed class StreamListener : IDisposable
 {
     private readonly Socket _socket;
     private readonly ILogger _logger;
+    private readonly CancellationTokenSource _stopAccepting = new();
     private volatile bool _closed;
 
     private StreamListener(Socket socket, ILogger logger)
@@ -141,7 +142,29 @@ internal sealed class StreamListener : IDisposable
     /// </summary>
     public IReadOnlyList<Stages.IStreamStage> StreamStages { get; set; } = [];
 
-    /// <summary>Accepts until <see cref="Dispose"/>; hands each socket to <paramref name="onAccepted"/>.</summary>
+    /// <summary>
+    /// The stop begins: a TCP listener lets the handshakes under way complete but starts no new one
+    /// (<see cref="SocketFilter.HoldNewHandshakes"/>), so that what its backlog holds once it is drained is all it
+    /// will ever hold. Not wanted where closing hands the backlog over (SO_REUSEPORT with tcp_migrate_req).
+    /// </summary>
+    public void HoldNewHandshakes()
+    {
+        if (_socket.ProtocolType == ProtocolType.Tcp && !_closed)
+        {
+            _ = SocketFilter.HoldNewHandshakes((int)_socket.Handle); // best effort: without it, the window is only shorter
+        }
+    }
+
+    /// <summary>
+    /// Ends <see cref="AcceptLoopAsync"/> after it has accepted what the backlog holds (connections the kernel
+    /// has completed are served, not reset by the close); the listener stays open until <see cref="Dispose"/>.
+    /// </summary>
+    public void StopAccepting() => _stopAccepting.Cancel();
+
+    /// <summary>
+    /// Accepts until <see cref="StopAccepting"/> (then drains the backlog) or <see cref="Dispose"/>; hands each
+    /// socket to <paramref name="onAccepted"/>.
+    /// </summary>
     public async Task AcceptLoopAsync(Action<Socket> onAccepted, Action onDescriptorsExhausted)
     {
         var backoff = new AcceptBackoff(_logger);
@@ -150,7 +173,12 @@ internal sealed class StreamListener : IDisposable
             Socket accepted;
             try
             {
-                accepted = await _socket.AcceptAsync().ConfigureAwait(false);
+                accepted = await _socket.AcceptAsync(_stopAccepting.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                AcceptBacklog(onAccepted);
+                return;
             }
             catch (Exception) when (_closed)
             {
@@ -190,11 +218,51 @@ internal sealed class StreamListener : IDisposable
         }
     }
 
+    /// <summary>What the backlog holds now, accepted without waiting.</summary>
+    private void AcceptBacklog(Action<Socket> onAccepted)
+    {
+        if (_closed)
+        {
+            return;
+        }
+
+        _socket.Blocking = false;
+        while (true)
+        {
+            Socket accepted;
+            try
+            {
+                accepted = _socket.Accept();
+            }
+            catch (SocketException e) when (e.SocketErrorCode != SocketError.WouldBlock && AcceptBackoff.IsPendingConnectionError(e.SocketErrorCode))
+            {
+                continue; // that one connection died in the backlog
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                return; // EAGAIN: empty (or out of descriptors: what is left is reset at the close)
+            }
+
+            try
+            {
+                accepted.Blocking = true;
+                onAccepted(accepted);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
+            {
+                Log.SetupFailed(_logger, e.Message);
+                accepted.Dispose();
+            }
+        }
+    }
+
     /// <summary>Stops accepting: closes the listening socket (new connections are refused from here on).</summary>
     public void Dispose()
     {
         _closed = true;
+        _stopAccepting.Cancel();
         _socket.Dispose();
+        _stopAccepting.Dispose();
         if (UnixPath is not null)
         {
             UnixSocketFile.Remove(UnixPath, _boundFile);

@@ -59,6 +59,10 @@ public sealed partial class ChildProcess : IAsyncDisposable
         return Environment.GetEnvironmentVariable("ECHOKIT_CLI") is { Length: > 0 } cli ? [cli, .. args] : [DotnetHost, CliPath, .. args];
     }
 
+    /// <summary><see cref="Echokit"/> as one line for a bash script, each word single-quoted.</summary>
+    public static string EchokitForShell() =>
+        string.Join(' ', Echokit().Select(word => "'" + word.Replace("'", "'\\''", StringComparison.Ordinal) + "'"));
+
     public int Pid => _process.Id;
 
     public Stream StandardInput => _process.StandardInput.BaseStream;

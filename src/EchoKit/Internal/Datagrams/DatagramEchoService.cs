@@ -11,7 +11,7 @@ namespace EchoKit.Internal.Datagrams;
 /// the socket engine is asked for) each socket is served by a <see cref="BatchedDatagramLoop"/>: recvmmsg and
 /// sendmmsg on a thread of its own; with more than one loop (--loops, one per CPU by default) the UDP port is
 /// one socket per loop in a SO_REUSEPORT group whose datagrams a small BPF program steers by the CPU that
-/// received them (see <see cref="DatagramNative.SteerByCpu"/>). Elsewhere one asynchronous Socket loop serves
+/// received them (see <see cref="SocketFilter.SteerByCpu"/>). Elsewhere one asynchronous Socket loop serves
 /// it (below). Receive and send buffers are raised for bursts (--udp-rcvbuf, --udp-sndbuf).
 /// </summary>
 internal sealed class DatagramEchoService : IDisposable
@@ -142,7 +142,7 @@ internal sealed class DatagramEchoService : IDisposable
     private static bool JoinSteeredGroup(Socket first, int loops)
     {
         int fd = (int)first.Handle;
-        return DatagramNative.SetReusePort(fd) == 0 && DatagramNative.SteerByCpu(fd, loops) == 0;
+        return DatagramNative.SetReusePort(fd) == 0 && SocketFilter.SteerByCpu(fd, loops) == 0;
     }
 
     /// <summary>Serves a Unix datagram socket at <paramref name="path"/> (a stale file is replaced, a live one refused).</summary>

@@ -25,7 +25,6 @@ internal static unsafe partial class DatagramNative
     private const int SO_SNDBUFFORCE = 32;
     private const int SO_RCVBUFFORCE = 33;
     public const int SO_RXQ_OVFL = 40;
-    private const int SO_ATTACH_REUSEPORT_CBPF = 51;
     private const int SO_MEMINFO = 55;
     private const int SK_MEMINFO_DROPS = 8;
 
@@ -143,43 +142,5 @@ internal static unsafe partial class DatagramNative
         return GetSockOpt(fd, SOL_SOCKET, SO_MEMINFO, info, &length) == 0 && length > SK_MEMINFO_DROPS * sizeof(uint)
             ? info[SK_MEMINFO_DROPS]
             : -1;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct SockFilter
-    {
-        public ushort Code;
-        public byte JumpTrue;
-        public byte JumpFalse;
-        public uint K;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct SockFprog
-    {
-        public ushort Length;
-        public SockFilter* Filter;
-    }
-
-    private const ushort BPF_LD_W_ABS = 0x00 | 0x00 | 0x20;
-    private const ushort BPF_ALU_MOD_K = 0x04 | 0x90 | 0x00;
-    private const ushort BPF_RET_A = 0x06 | 0x10;
-    private const uint SKF_AD_OFF = unchecked((uint)-0x1000);
-    private const uint SKF_AD_CPU = 36;
-
-    /// <summary>
-    /// Steers each datagram of a SO_REUSEPORT group to the socket at index (CPU that received it) % <paramref name="sockets"/>:
-    /// a flow stays on the loop of the CPU that takes its packets, and no index past our own sockets is ever
-    /// chosen, so a socket that some other process of the same user added to the group later gets nothing.
-    /// 0 or errno.
-    /// </summary>
-    public static int SteerByCpu(int fd, int sockets)
-    {
-        SockFilter* program = stackalloc SockFilter[3];
-        program[0] = new SockFilter { Code = BPF_LD_W_ABS, K = SKF_AD_OFF + SKF_AD_CPU };
-        program[1] = new SockFilter { Code = BPF_ALU_MOD_K, K = (uint)sockets };
-        program[2] = new SockFilter { Code = BPF_RET_A };
-        var fprog = new SockFprog { Length = 3, Filter = program };
-        return SetSockOpt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fprog, (uint)sizeof(SockFprog)) == 0 ? 0 : LastError;
     }
 }

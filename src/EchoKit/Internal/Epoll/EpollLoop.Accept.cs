@@ -84,6 +84,29 @@ internal sealed unsafe partial class EpollLoop
         }
     }
 
+    /// <summary>At the stop: accepts until the backlog is empty (or accept fails), whether or not the loop is listening.</summary>
+    private void AcceptBacklog(int listenFd, bool tcp, IReadOnlyList<Stages.IStreamStage> streamStages)
+    {
+        byte* address = stackalloc byte[128];
+        while (true)
+        {
+            uint length = 128;
+            int fd = Native.Accept4(listenFd, address, &length, Native.SOCK_NONBLOCK | Native.SOCK_CLOEXEC);
+            if (fd < 0)
+            {
+                int errno = Native.LastError;
+                if (errno != Native.EAGAIN && (errno == Native.EPROTO || AcceptBackoff.IsPendingConnectionError(Native.ToSocketError(errno))))
+                {
+                    continue; // that one connection died in the backlog
+                }
+
+                return; // EAGAIN: empty; anything else (out of descriptors): what is left is reset at the close
+            }
+
+            Admit(fd, tcp, streamStages, PeerOf(address, length));
+        }
+    }
+
     private void BackOffAccepting(int errno)
     {
         if (errno is Native.EMFILE or Native.ENFILE)

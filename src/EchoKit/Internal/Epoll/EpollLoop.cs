@@ -150,6 +150,13 @@ internal sealed unsafe partial class EpollLoop
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         bool posted = Post(() =>
         {
+            // What the backlogs hold is served, not reset when the listeners close (the server has stopped new
+            // handshakes from starting: StreamListener.HoldNewHandshakes).
+            foreach (var listener in _listeners)
+            {
+                AcceptBacklog(listener.Fd, listener.Tcp, listener.StreamStages);
+            }
+
             _stopAccepting = true;
             ListenerRemove();
             done.TrySetResult();

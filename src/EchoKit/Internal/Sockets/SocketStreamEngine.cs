@@ -35,7 +35,7 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
     {
         foreach (var listener in listeners)
         {
-            listener.Dispose(); // the accept loops end when their listener closes
+            listener.StopAccepting(); // each accept loop takes what its backlog holds, then ends
         }
 
         await Task.WhenAll(_acceptLoops).ConfigureAwait(false);

@@ -12,4 +12,7 @@ internal sealed class ConnectionContext(long id, int descriptor, EndPoint? peer)
 
     /// <summary>The peer as logs, limits and close events will see it; a stage may replace it.</summary>
     public EndPoint? Peer { get; set; } = peer;
+
+    /// <summary>The peer the socket was accepted from (a load balancer, when a stage has named the client behind it).</summary>
+    public EndPoint? AcceptedFrom { get; } = peer;
 }

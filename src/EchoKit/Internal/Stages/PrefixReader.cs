@@ -16,8 +16,8 @@ internal sealed class PrefixReader
 
     /// <summary>The reader for a new connection, or null when no stage has a prefix to read from it.</summary>
     /// <param name="admitAfter">
-    /// Run once the prefixes are read, on the peer they left (the real client behind a PROXY header): the access
-    /// rules the server deferred for this connection; a reason refuses it.
+    /// Run once the prefixes are read, on the peer they left (the real client behind a PROXY header): the server
+    /// logs that client and applies the access rules it deferred for this connection; a reason refuses it.
     /// </param>
     public static PrefixReader? For(IReadOnlyList<IPrefixStage> stages, ConnectionContext context, long nowMs, Func<ConnectionContext, string?>? admitAfter = null)
     {
