@@ -35,6 +35,49 @@ public sealed partial class ServeProcessTests
         }
     }
 
+    /// <summary>
+    /// The kernel wakes the loop that registered first for every new connection while it keeps up, so a burst
+    /// used to land on one loop (40 of 40 here); the accepting loop now hands connections to a loop with fewer.
+    /// </summary>
+    [Fact]
+    public async Task A_burst_of_connections_is_spread_over_the_event_loops()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--no-greeting", "--engine", "epoll", "--loops", "2", "--log-level", "Debug");
+        await using (server)
+        {
+            const int Count = 40;
+            var clients = await Task.WhenAll(Enumerable.Range(0, Count).Select(_ => ConnectAsync(port)));
+            try
+            {
+                foreach (var client in clients)
+                {
+                    await client.SendAsync("x"u8.ToArray());
+                    Assert.Equal("x"u8.ToArray(), await ReceiveExactlyAsync(client, 1));
+                }
+
+                server.Signal(ChildProcess.SIGTERM);
+                foreach (var client in clients)
+                {
+                    Assert.Empty(await ReceiveToEndAsync(client));
+                    client.Dispose();
+                }
+
+                Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+                var served = System.Text.RegularExpressions.Regex.Matches(server.StandardErrorText, @"event loop (\d): served (\d+) connections")
+                    .ToDictionary(m => m.Groups[1].Value, m => int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture));
+                Assert.True(served.Count == 2 && served.Values.Sum() == Count && served.Values.All(n => n >= Count / 4),
+                    $"connections per loop: {string.Join(", ", served.Select(p => $"loop {p.Key}: {p.Value}"))}");
+            }
+            finally
+            {
+                foreach (var client in clients)
+                {
+                    client.Dispose();
+                }
+            }
+        }
+    }
+
     [Fact]
     public async Task Connections_read_by_polling_under_dense_traffic_keep_half_close_backpressure_and_graceful_stop()
     {
@@ -70,7 +113,7 @@ public sealed partial class ServeProcessTests
             }
 
             Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
-            var loop = System.Text.RegularExpressions.Regex.Match(server.StandardErrorText, @"event loop 0: (\d+) of (\d+) reads found their bytes by polling");
+            var loop = System.Text.RegularExpressions.Regex.Match(server.StandardErrorText, @"event loop 0: served \d+ connections; (\d+) of (\d+) reads found their bytes by polling");
             Assert.True(loop.Success, server.StandardErrorText);
             Assert.True(long.Parse(loop.Groups[1].Value) > 0, $"no read was made by polling: {loop.Value}");
         }

@@ -69,8 +69,8 @@ internal static partial class Log
     [LoggerMessage(19, LogLevel.Information, "ready: serving")]
     public static partial void Ready(ILogger logger);
 
-    [LoggerMessage(13, LogLevel.Debug, "event loop {Index}: {Polled} of {Reads} reads found their bytes by polling the connection directly (dense traffic)")]
-    public static partial void LoopReads(ILogger logger, int index, long polled, long reads);
+    [LoggerMessage(13, LogLevel.Debug, "event loop {Index}: served {Connections} connections; {Polled} of {Reads} reads found their bytes by polling the connection directly (dense traffic)")]
+    public static partial void LoopReads(ILogger logger, int index, long connections, long polled, long reads);
 
     [LoggerMessage(8, LogLevel.Information, "stopped ({AllocatedBytes} bytes allocated by the process since it started)")]
     public static partial void Stopped(ILogger logger, long allocatedBytes);

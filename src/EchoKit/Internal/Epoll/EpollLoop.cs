@@ -208,7 +208,7 @@ internal sealed unsafe partial class EpollLoop
         {
             NativeMemory.Free(events);
             AbortAll(CloseReason.Error);
-            Log.LoopReads(_logger, _index, _polledReads, _polledReads + _eventReads);
+            Log.LoopReads(_logger, _index, _nextSerial, _polledReads, _polledReads + _eventReads);
             lock (_commands)
             {
                 _closed = true;

@@ -9,7 +9,7 @@ namespace EchoKit.Internal.Epoll;
 /// </summary>
 internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IReadOnlyList<StreamListener> listeners) : IStreamEngine
 {
-    private EpollLoop[] _loops = [];
+    private volatile EpollLoop[] _loops = [];
     private int _aborted;
     private Sockets.SocketStreamEngine? _wrapped; // connections whose byte stream a stage wraps: served by stream loops
     private readonly Lock _wrappedGate = new();
@@ -17,11 +17,40 @@ internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IRead
     public void Start()
     {
         var descriptors = listeners.Select(l => l.DescriptorForEpoll()).ToArray();
-        _loops = new EpollLoop[listeners.Count == 0 ? 0 : LoopCount(server.Options)];
-        for (int i = 0; i < _loops.Length; i++)
+        var loops = new EpollLoop[listeners.Count == 0 ? 0 : LoopCount(server.Options)];
+        for (int i = 0; i < loops.Length; i++)
         {
-            _loops[i] = new EpollLoop(i, server, this, logger, descriptors);
+            loops[i] = new EpollLoop(i, server, this, logger, descriptors); // starts accepting at once
         }
+
+        _loops = loops; // whole: a loop that accepts before the others exist hands nothing over (LighterThan)
+    }
+
+    /// <summary>
+    /// The loop with the fewest connections, counted as on its way there, if it has at least two fewer than
+    /// <paramref name="accepting"/> and an eighth fewer; null when the loops are about level (or there is one).
+    /// </summary>
+    internal EpollLoop? LighterThan(EpollLoop accepting)
+    {
+        var loops = _loops;
+        if (loops.Length < 2)
+        {
+            return null;
+        }
+
+        EpollLoop? lightest = null;
+        int own = accepting.Load;
+        int least = own - Math.Max(1, own / 4); // a margin, so that churn among level loops hands nothing over
+        foreach (var loop in loops)
+        {
+            if (loop.Load < least)
+            {
+                (lightest, least) = (loop, loop.Load);
+            }
+        }
+
+        lightest?.OnTheWay();
+        return lightest;
     }
 
     /// <summary>Event loops: <see cref="EchoServerOptions.EngineLoops"/>, or one per CPU this process may use.</summary>
