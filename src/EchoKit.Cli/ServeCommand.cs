@@ -95,13 +95,30 @@ internal static class ServeCommand
             },
         };
 
+        var logFormat = new Option<string>("--log-format")
+        {
+            Description = "The event lines on stderr: text, or json (one JSON object a line, for log shippers)",
+            HelpName = "text|json",
+            DefaultValueFactory = _ => "text",
+            Validators =
+            {
+                r =>
+                {
+                    if (r.Tokens.Count > 0 && r.Tokens[0].Value is not ("text" or "json"))
+                    {
+                        r.AddError($"invalid --log-format value '{r.Tokens[0].Value}': expected text or json");
+                    }
+                },
+            },
+        };
+
         var engine = CliOptions.Engine("Stream connections on our own epoll loops (Linux x86-64) or on .NET's Socket API; auto picks epoll where it runs");
         var loops = CliOptions.Integer("--loops", "Event loops of the epoll engine (0: one per CPU this process may use)", 0, 0, 256);
         var busyPoll = CliOptions.Duration("--busy-poll", "Epoll engine: while traffic is dense, poll this long for the next events before sleeping (fewer wake-ups, more CPU; at most 10ms; 0: sleep at once)", "50us");
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, udpReceiveBuffer, udpSendBuffer, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, engine, loops, busyPoll.Option,
+            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, udpReceiveBuffer, udpSendBuffer, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, logFormat, engine, loops, busyPoll.Option,
         };
 
         var tls = new ServeTlsOptions();
@@ -228,14 +245,14 @@ internal static class ServeCommand
                 EngineLoops = result.GetValue(loops),
                 BusyPoll = busyPoll.Get(result)!.Value,
             };
-            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel)).ConfigureAwait(false);
+            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json").ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level)
+    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level, bool json)
     {
-        using var logger = new StderrLogger("echokit", level);
+        using var logger = new StderrLogger("echokit", level, json);
         if (!quiet && !StandardStreams.OutputOpen)
         {
             logger.LogWarning("stdout is closed: received bytes are not printed (--quiet says so without this warning)");

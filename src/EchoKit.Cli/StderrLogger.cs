@@ -33,10 +33,16 @@ internal sealed class StderrLogger : ILogger, IDisposable
     private readonly Thread _writer;
     private long _dropped;
 
-    public StderrLogger(string category, LogLevel minimum)
+    private readonly bool _json;
+
+    /// <param name="json">--log-format json: each line one JSON object (time, level, category, event, message and
+    /// the event's own fields), for log shippers; never coloured.</param>
+    public StderrLogger(string category, LogLevel minimum, bool json = false)
     {
         _category = category;
         _minimum = minimum;
+        _json = json;
+        _colors &= !json;
         _writer = new Thread(WriteLoop) { IsBackground = true, Name = "echokit-log" };
         _writer.Start();
     }
@@ -50,26 +56,34 @@ internal sealed class StderrLogger : ILogger, IDisposable
     {
         if (IsEnabled(logLevel))
         {
-            Write(logLevel, eventId, formatter(state, exception), exception);
+            Write(logLevel, eventId, formatter(state, exception), exception, state as IReadOnlyList<KeyValuePair<string, object?>>);
         }
     }
 
     /// <summary>A line written whatever the level (where the server listens, below --log-level Warning).</summary>
-    public void WriteAnyway(LogLevel logLevel, int eventId, string message) => Write(logLevel, eventId, message, null);
+    public void WriteAnyway(LogLevel logLevel, int eventId, string message) => Write(logLevel, eventId, message, null, null);
 
-    private void Write(LogLevel logLevel, EventId eventId, string message, Exception? exception)
+    private static string LevelName(LogLevel logLevel) => logLevel switch
     {
+        LogLevel.Trace => "trce",
+        LogLevel.Debug => "dbug",
+        LogLevel.Information => "info",
+        LogLevel.Warning => "warn",
+        LogLevel.Error => "fail",
+        _ => "crit",
+    };
+
+    private void Write(LogLevel logLevel, EventId eventId, string message, Exception? exception, IReadOnlyList<KeyValuePair<string, object?>>? fields)
+    {
+        if (_json)
+        {
+            Enqueue(JsonLine(DateTime.UtcNow, logLevel, _category, eventId.Id, exception is null ? message : $"{message} ({exception.Message})", fields));
+            return;
+        }
+
         var line = new StringBuilder(128)
             .Append(DateTime.Now.ToString("HH:mm:ss.fff ", System.Globalization.CultureInfo.InvariantCulture));
-        string level = logLevel switch
-        {
-            LogLevel.Trace => "trce",
-            LogLevel.Debug => "dbug",
-            LogLevel.Information => "info",
-            LogLevel.Warning => "warn",
-            LogLevel.Error => "fail",
-            _ => "crit",
-        };
+        string level = LevelName(logLevel);
         if (_colors)
         {
             string color = logLevel switch
@@ -92,10 +106,67 @@ internal sealed class StderrLogger : ILogger, IDisposable
             line.Append(" (").Append(exception.Message).Append(')');
         }
 
-        if (!_queue.Writer.TryWrite(Encoding.UTF8.GetBytes(line.Append('\n').ToString())))
+        Enqueue(Encoding.UTF8.GetBytes(line.Append('\n').ToString()));
+    }
+
+    private void Enqueue(byte[] line)
+    {
+        if (!_queue.Writer.TryWrite(line))
         {
             Interlocked.Increment(ref _dropped);
         }
+    }
+
+    /// <summary>
+    /// One event as a JSON object and a newline: <c>time</c> (UTC, ISO 8601), <c>level</c> (the text lines' four
+    /// letters), <c>category</c>, <c>event</c> (the id in brackets), <c>message</c>, then the event's fields by name
+    /// in camel case (<c>id</c>, <c>peer</c>, <c>bytesIn</c>…), numbers as numbers. Control bytes a peer put in a
+    /// message are escaped (\u001b), as JSON requires.
+    /// </summary>
+    internal static byte[] JsonLine(DateTime time, LogLevel logLevel, string category, int eventId, string message, IReadOnlyList<KeyValuePair<string, object?>>? fields)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
+        using (var json = new System.Text.Json.Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            json.WriteString("time", time);
+            json.WriteString("level", LevelName(logLevel));
+            json.WriteString("category", category);
+            json.WriteNumber("event", eventId);
+            json.WriteString("message", message);
+            foreach (var (name, value) in fields ?? [])
+            {
+                if (name.StartsWith('{') || name is "time" or "level" or "category" or "event" or "message")
+                {
+                    continue; // {OriginalFormat}, and nothing may shadow the fixed fields
+                }
+
+                string key = char.ToLowerInvariant(name[0]) + name[1..];
+                switch (value)
+                {
+                    case int or long or short or byte or uint or ulong:
+                        json.WriteNumber(key, Convert.ToInt64(value, System.Globalization.CultureInfo.InvariantCulture));
+                        break;
+                    case double or float:
+                        json.WriteNumber(key, Convert.ToDouble(value, System.Globalization.CultureInfo.InvariantCulture));
+                        break;
+                    case bool flag:
+                        json.WriteBoolean(key, flag);
+                        break;
+                    case null:
+                        json.WriteNull(key);
+                        break;
+                    default:
+                        json.WriteString(key, Convert.ToString(value, System.Globalization.CultureInfo.InvariantCulture));
+                        break;
+                }
+            }
+
+            json.WriteEndObject();
+        }
+
+        System.Buffers.BuffersExtensions.Write(buffer, "\n"u8);
+        return buffer.WrittenSpan.ToArray();
     }
 
     private void WriteLoop()
@@ -110,7 +181,10 @@ internal sealed class StderrLogger : ILogger, IDisposable
                     long dropped = Interlocked.Exchange(ref _dropped, 0);
                     if (dropped > 0)
                     {
-                        _stderr.Write(Encoding.UTF8.GetBytes($"{DateTime.Now:HH:mm:ss.fff} warn: {_category}[0] {dropped} log lines dropped: stderr was not being read\n"));
+                        string note = $"{dropped} log lines dropped: stderr was not being read";
+                        _stderr.Write(_json
+                            ? JsonLine(DateTime.UtcNow, LogLevel.Warning, _category, 0, note, [new("dropped", dropped)])
+                            : Encoding.UTF8.GetBytes($"{DateTime.Now:HH:mm:ss.fff} warn: {_category}[0] {note}\n"));
                     }
 
                     _stderr.Write(line);

@@ -33,6 +33,46 @@ public sealed partial class ServeProcessTests
         }
     }
 
+    /// <summary>--log-format json: every stderr line one JSON object with the text line's fields and the event's own.</summary>
+    [Fact]
+    public async Task Log_format_json_writes_one_object_a_line_with_the_events_fields()
+    {
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--log-format", "json");
+        await using (server)
+        {
+            int clientPort;
+            using (var client = await ConnectAsync(port))
+            {
+                clientPort = ((System.Net.IPEndPoint)client.LocalEndPoint!).Port;
+                await ReceiveExactlyAsync(client, GreetingBytes.Length);
+                await client.SendAsync("\u001b]2;owned\u0007\n"u8.ToArray());
+                await ReceiveExactlyAsync(client, 11);
+            }
+
+            await server.WaitForStderrAsync("\"reason\":\"closed by peer\"", Deadline);
+            server.Signal(ChildProcess.SIGTERM);
+            Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+            var lines = server.StandardErrorText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.True(lines.Length >= 5, server.StandardErrorText);
+            var events = lines.Select(line => System.Text.Json.JsonDocument.Parse(line).RootElement).ToArray();
+            foreach (var e in events)
+            {
+                Assert.True(DateTime.TryParse(e.GetProperty("time").GetString(), System.Globalization.CultureInfo.InvariantCulture, out _));
+                Assert.Equal("echokit", e.GetProperty("category").GetString());
+                Assert.NotEmpty(e.GetProperty("message").GetString()!);
+                Assert.True(e.GetProperty("event").GetInt32() >= 0);
+            }
+
+            var closed = Assert.Single(events, e => e.GetProperty("event").GetInt32() == 3);
+            Assert.Equal("info", closed.GetProperty("level").GetString());
+            Assert.Equal($"127.0.0.1:{clientPort}", closed.GetProperty("peer").GetString());
+            Assert.Equal(11, closed.GetProperty("bytesIn").GetInt64());
+            Assert.Equal(GreetingBytes.Length + 11, closed.GetProperty("bytesOut").GetInt64());
+            Assert.Contains(events, e => e.GetProperty("message").GetString()!.StartsWith("listening on ", StringComparison.Ordinal));
+            Assert.DoesNotContain("\u001b", server.StandardErrorText, StringComparison.Ordinal); // no colour, nothing raw
+        }
+    }
+
     [Fact]
     public async Task Quiet_prints_nothing_to_stdout()
     {

@@ -36,6 +36,7 @@ public sealed partial class ServeProcessTests
     [InlineData("unknown command 'conect'; did you mean 'connect'?", "conect", "127.0.0.1")]
     [InlineData("invalid --busy-poll value: '20ms' is too long (at most 10ms", "serve", "--busy-poll", "20ms")]
     [InlineData("invalid --busy-poll value: 'fast' is not a duration", "serve", "--busy-poll", "fast")]
+    [InlineData("invalid --log-format value 'xml': expected text or json", "serve", "--log-format", "xml")]
     [InlineData("missing HOST (or --unix PATH)", "connect")]
     [InlineData("invalid port '0'", "connect", "127.0.0.1", "0")]
     [InlineData("invalid port 'x'", "connect", "127.0.0.1:x")]
