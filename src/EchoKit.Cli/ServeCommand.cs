@@ -343,7 +343,10 @@ internal static class ServeCommand
             }
         }
 
+        using var systemd = SystemdNotifier.FromEnvironment(logger);
+        systemd?.Ready(() => server.ActiveConnections);
         await stop.Task.ConfigureAwait(false);
+        systemd?.Stopping(server.ActiveConnections);
         long stopStarted = Environment.TickCount64;
         await server.StopAsync().ConfigureAwait(false);
         if (sink is not null)
