@@ -217,8 +217,15 @@ internal static class ServeCommand
                 return Program.FailUsage("serve", proxyUsage);
             }
 
+            var (inherited, inheritedNames, activationError) = SystemdSockets.Take();
+            if (activationError is not null)
+            {
+                return Program.Fail(ExitCodes.CannotListen, activationError);
+            }
+
             var options = new EchoServerOptions
             {
+                Inherited = inherited,
                 Stages = proxyStage is null ? [] : [proxyStage],
                 Tls = tlsSettings,
                 Access = accessSettings,
@@ -245,14 +252,22 @@ internal static class ServeCommand
                 EngineLoops = result.GetValue(loops),
                 BusyPoll = busyPoll.Get(result)!.Value,
             };
-            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json").ConfigureAwait(false);
+            string? activation = inherited is null ? null
+                : $"socket activation: serving the {inherited.Count} socket{(inherited.Count == 1 ? "" : "s")} systemd passed"
+                    + (inheritedNames is { Length: > 0 } ? $" ({inheritedNames.Replace(':', ',')})" : "") + " instead of binding";
+            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json", activation).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level, bool json)
+    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level, bool json, string? activation)
     {
         using var logger = new StderrLogger("echokit", level, json);
+        if (activation is not null)
+        {
+            logger.LogInformation("{Activation}", activation);
+        }
+
         if (!quiet && !StandardStreams.OutputOpen)
         {
             logger.LogWarning("stdout is closed: received bytes are not printed (--quiet says so without this warning)");

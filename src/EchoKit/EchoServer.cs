@@ -96,7 +96,23 @@ public sealed partial class EchoServer : IAsyncDisposable
         EnsureEnoughDescriptors();
         try
         {
-            if (Options.UnixPath is { } path)
+            if (Options.Inherited is { } inherited)
+            {
+                foreach (var socket in inherited)
+                {
+                    if (socket.SocketType == SocketType.Stream)
+                    {
+                        var listener = StreamListener.Adopt(socket, _logger);
+                        listener.StreamStages = [.. Options.StreamStages, .. TlsStages()];
+                        _listeners.Add(listener);
+                    }
+                    else
+                    {
+                        _datagramServices.Add(DatagramEchoService.Adopt(socket, Options, _logger, PayloadSink, _access));
+                    }
+                }
+            }
+            else if (Options.UnixPath is { } path)
             {
                 if (Options.Tcp && Options.Udp)
                 {
@@ -165,7 +181,7 @@ public sealed partial class EchoServer : IAsyncDisposable
         foreach (var datagrams in _datagramServices)
         {
             bool dualStack = datagrams.LocalEndPoint is IPEndPoint ip && ip.Address.Equals(IPAddress.IPv6Any) && Options.Family is null;
-            ReportListening(datagrams.UnixPath is not null
+            ReportListening(datagrams.LocalEndPoint is UnixDomainSocketEndPoint
                 ? EndPointText.Format(datagrams.LocalEndPoint) + " (datagram)"
                 : "udp " + EndPointText.Format(datagrams.LocalEndPoint) + (dualStack ? " (dual-stack: IPv4 and IPv6)" : "")
                     + (datagrams.Loops > 1 ? $" ({datagrams.Loops} loops, SO_REUSEPORT)" : ""));

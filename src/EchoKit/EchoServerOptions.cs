@@ -120,6 +120,12 @@ public sealed record EchoServerOptions
     /// </summary>
     internal bool ReusePort { get; init; }
 
+    /// <summary>
+    /// Sockets handed to the process already bound (systemd's socket activation: listening stream sockets and
+    /// datagram sockets), served instead of binding <see cref="Port"/>, <see cref="UnixPath"/> and the rest.
+    /// </summary>
+    internal IReadOnlyList<System.Net.Sockets.Socket>? Inherited { get; init; }
+
     /// <summary>Event loops of the epoll engine; 0: one per CPU this process may run on.</summary>
     public int EngineLoops { get; init; }
 

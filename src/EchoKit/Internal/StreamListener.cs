@@ -67,6 +67,16 @@ internal sealed class StreamListener : IDisposable
     }
 
     /// <summary>
+    /// A listening socket someone else made and bound (systemd's socket activation): served as it is, and a Unix
+    /// socket's file is left where it is at the stop.
+    /// </summary>
+    public static StreamListener Adopt(Socket socket, ILogger logger) => new(socket, logger)
+    {
+        IsDualStack = socket.AddressFamily == AddressFamily.InterNetworkV6 && socket.DualMode
+            && socket.LocalEndPoint is IPEndPoint { Address: var any } && any.Equals(IPAddress.IPv6Any),
+    };
+
+    /// <summary>
     /// Listens on a Unix domain stream socket. A file left by a crashed server (nobody accepts on it)
     /// is replaced; a live one is refused with EADDRINUSE; anything that is not a socket is left alone.
     /// </summary>

@@ -36,7 +36,7 @@ internal sealed class DatagramEchoService : IDisposable
         _logger = logger;
         _sink = sink;
         UnixPath = unixPath;
-        bool isUnix = unixPath is not null;
+        bool isUnix = sockets[0].AddressFamily == AddressFamily.Unix;
         LocalEndPoint = sockets[0].LocalEndPoint!;
         _policy = new DatagramPolicy(options, logger, LocalEndPoint, isUnix,
             options.MaxDatagramSize ?? (isUnix ? LargestUnixDatagram() : MaxUdpDatagram), access);
@@ -146,6 +146,13 @@ internal sealed class DatagramEchoService : IDisposable
     }
 
     /// <summary>Serves a Unix datagram socket at <paramref name="path"/> (a stale file is replaced, a live one refused).</summary>
+    /// <summary>
+    /// Serves a bound datagram socket someone else made (systemd's socket activation): one loop, its options as
+    /// they were given (no SO_REUSEPORT group), and a Unix socket's file is left where it is at the stop.
+    /// </summary>
+    public static DatagramEchoService Adopt(Socket socket, EchoServerOptions options, ILogger logger, IPayloadSink? sink, Access.AccessStage? access) =>
+        new([socket], EngineChoice.UsesEpoll(options.Engine), options, logger, sink, access);
+
     public static DatagramEchoService OpenUnix(string path, EchoServerOptions options, ILogger logger, IPayloadSink? sink, Access.AccessStage? access)
     {
         var socket = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
