@@ -90,6 +90,7 @@ public sealed partial class EchoServer
         _access?.Released(id);
         bool busy = verdict.Reason == CloseReason.ServerBusy;
         var closed = new ClosedConnection(id, peer, verdict.Reason, SocketError.Success, 0, 0, TimeSpan.Zero) { Detail = busy ? null : verdict.RefusedBecause };
+        _metrics.Rejected(closed);
         if (busy)
         {
             Log.Busy(_logger, EndPointText.Format(peer), _connectionLimit); // the busy line says it all: no "closed" line

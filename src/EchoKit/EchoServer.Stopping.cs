@@ -64,6 +64,7 @@ public sealed partial class EchoServer
         }
 
         ReportStopped();
+        _metrics.Dispose();
     }
 
     /// <summary>The "stopped" line, after every "closed" line (which may wait for the payload sink).</summary>
@@ -97,6 +98,8 @@ public sealed partial class EchoServer
             {
                 listener.Dispose();
             }
+
+            _metrics.Dispose();
         }
     }
 }

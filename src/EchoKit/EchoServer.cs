@@ -56,9 +56,14 @@ public sealed partial class EchoServer : IAsyncDisposable
         PayloadSink = payloadSink;
         _admission = new AdmissionStage(this);
         _access = options.Access is { Any: true } access ? new Internal.Access.AccessStage(access, _logger) : null;
+        _metrics = new ServerMetrics(() => ActiveConnections);
     }
 
     private readonly AdmissionStage _admission;
+    private readonly ServerMetrics _metrics;
+
+    /// <summary>This server's instruments (meter <c>EchoKit</c>; one per server, so that tests can tell them apart).</summary>
+    internal System.Diagnostics.Metrics.Meter Meter => _metrics.Meter;
 
     public EchoServerOptions Options { get; }
 
@@ -326,6 +331,15 @@ public sealed partial class EchoServer : IAsyncDisposable
         else
         {
             LogClosed(closed);
+        }
+
+        if (closed.Reason == CloseReason.Refused)
+        {
+            _metrics.Rejected(closed); // admitted, then refused by a stage (a PROXY header, a TLS handshake, the rules after one)
+        }
+        else
+        {
+            _metrics.Closed(closed);
         }
 
         ConnectionClosed?.Invoke(closed);
