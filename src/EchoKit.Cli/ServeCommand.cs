@@ -112,13 +112,19 @@ internal static class ServeCommand
             },
         };
 
+        var metrics = new Option<string?>("--metrics")
+        {
+            Description = "Serve Prometheus metrics at http://ADDR:PORT/metrics, on a listener of its own (outside the echo port's limits) [default: off]",
+            HelpName = "addr:port",
+        };
+
         var engine = CliOptions.Engine("Stream connections on our own epoll loops (Linux x86-64) or on .NET's Socket API; auto picks epoll where it runs");
         var loops = CliOptions.Integer("--loops", "Event loops of the epoll engine (0: one per CPU this process may use)", 0, 0, 256);
         var busyPoll = CliOptions.Duration("--busy-poll", "Epoll engine: while traffic is dense, poll this long for the next events before sleeping (fewer wake-ups, more CPU; at most 10ms; 0: sleep at once)", "50us");
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, udpReceiveBuffer, udpSendBuffer, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, logFormat, engine, loops, busyPoll.Option,
+            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, udpReceiveBuffer, udpSendBuffer, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, logFormat, metrics, engine, loops, busyPoll.Option,
         };
 
         var tls = new ServeTlsOptions();
@@ -217,6 +223,12 @@ internal static class ServeCommand
                 return Program.FailUsage("serve", proxyUsage);
             }
 
+            IPEndPoint? metricsAt = null;
+            if (result.GetValue(metrics) is { } metricsText && !TryParseMetricsEndPoint(metricsText, out metricsAt))
+            {
+                return Program.FailUsage("serve", $"invalid --metrics value '{metricsText}': expected ADDR:PORT (e.g. 127.0.0.1:9464, [::1]:9464) or PORT (on 127.0.0.1)");
+            }
+
             var (inherited, inheritedNames, activationError) = SystemdSockets.Take();
             if (activationError is not null)
             {
@@ -255,12 +267,25 @@ internal static class ServeCommand
             string? activation = inherited is null ? null
                 : $"socket activation: serving the {inherited.Count} socket{(inherited.Count == 1 ? "" : "s")} systemd passed"
                     + (inheritedNames is { Length: > 0 } ? $" ({inheritedNames.Replace(':', ',')})" : "") + " instead of binding";
-            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json", activation).ConfigureAwait(false);
+            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json", activation, metricsAt).ConfigureAwait(false);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level, bool json, string? activation)
+    private static bool TryParseMetricsEndPoint(string text, out IPEndPoint? endPoint)
+    {
+        endPoint = null;
+        if (int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int onlyPort) && onlyPort is > 0 and < 65536)
+        {
+            endPoint = new IPEndPoint(IPAddress.Loopback, onlyPort);
+            return true;
+        }
+
+        return IPEndPoint.TryParse(text, out endPoint) && endPoint.Port > 0 && text.Contains(':', StringComparison.Ordinal)
+            && (endPoint.AddressFamily == AddressFamily.InterNetwork || text.StartsWith('['));
+    }
+
+    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level, bool json, string? activation, IPEndPoint? metricsAt)
     {
         using var logger = new StderrLogger("echokit", level, json);
         if (activation is not null)
@@ -340,6 +365,19 @@ internal static class ServeCommand
             }
 
             return Program.Fail(ExitCodes.CannotListen, "TLS: " + e.Message);
+        }
+
+        string? metricsError = null;
+        using var metricsEndpoint = metricsAt is null ? null : MetricsEndpoint.Start(metricsAt, out metricsError);
+        if (metricsError is not null)
+        {
+            await server.StopAsync().ConfigureAwait(false);
+            return Program.Fail(ExitCodes.CannotListen, metricsError);
+        }
+
+        if (metricsEndpoint is not null)
+        {
+            logger.WriteAnyway(LogLevel.Information, 1, $"listening on {metricsEndpoint.Url} (Prometheus metrics)");
         }
 
         if (server.TlsCertificate is { } certificate)
