@@ -118,7 +118,12 @@ internal sealed unsafe partial class EpollLoop
         }
 
         ListenerAdd();
-        var thread = new Thread(Run) { IsBackground = true, Name = $"echokit-epoll-{index}" };
+    }
+
+    /// <summary>Starts the loop's thread: from here on it accepts (once every loop of the engine exists, so that it can hand over).</summary>
+    public void Start()
+    {
+        var thread = new Thread(Run) { IsBackground = true, Name = $"echokit-epoll-{_index}" };
         thread.UnsafeStart();
     }
 

@@ -20,10 +20,15 @@ internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IRead
         var loops = new EpollLoop[listeners.Count == 0 ? 0 : LoopCount(server.Options)];
         for (int i = 0; i < loops.Length; i++)
         {
-            loops[i] = new EpollLoop(i, server, this, logger, descriptors); // starts accepting at once
+            loops[i] = new EpollLoop(i, server, this, logger, descriptors);
         }
 
-        _loops = loops; // whole: a loop that accepts before the others exist hands nothing over (LighterThan)
+        // Whole before any loop runs: the first connections, perhaps already queued, are spread too (LighterThan).
+        _loops = loops;
+        foreach (var loop in loops)
+        {
+            loop.Start();
+        }
     }
 
     /// <summary>
