@@ -302,6 +302,25 @@ internal static class ServeCommand
             ? null
             : new StdoutPayloadSink(StandardStreams.Output, escapeControls: StandardStreams.OutputIsTerminal, tag);
         var server = new EchoServer(options, logger, sink);
+
+        // Before the echo port: the "ready: serving" line (and READY=1) then means everything is up.
+        string? metricsError = null;
+        using var metricsEndpoint = metricsAt is null ? null : MetricsEndpoint.Start(metricsAt, out metricsError);
+        if (metricsError is not null)
+        {
+            if (sink is not null)
+            {
+                await sink.DisposeAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
+            }
+
+            return Program.Fail(ExitCodes.CannotListen, metricsError);
+        }
+
+        if (metricsEndpoint is not null)
+        {
+            logger.WriteAnyway(LogLevel.Information, 1, $"listening on {metricsEndpoint.Url} (Prometheus metrics)");
+        }
+
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         int signals = 0;
 
@@ -365,19 +384,6 @@ internal static class ServeCommand
             }
 
             return Program.Fail(ExitCodes.CannotListen, "TLS: " + e.Message);
-        }
-
-        string? metricsError = null;
-        using var metricsEndpoint = metricsAt is null ? null : MetricsEndpoint.Start(metricsAt, out metricsError);
-        if (metricsError is not null)
-        {
-            await server.StopAsync().ConfigureAwait(false);
-            return Program.Fail(ExitCodes.CannotListen, metricsError);
-        }
-
-        if (metricsEndpoint is not null)
-        {
-            logger.WriteAnyway(LogLevel.Information, 1, $"listening on {metricsEndpoint.Url} (Prometheus metrics)");
         }
 
         if (server.TlsCertificate is { } certificate)

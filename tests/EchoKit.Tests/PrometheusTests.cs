@@ -27,10 +27,13 @@ public sealed class PrometheusTests : IDisposable
     {
         Assert.SkipUnless(File.Exists("/usr/bin/prometheus") && File.Exists("/usr/bin/promtool"), "prometheus is not installed (.ci/run installs it)");
         int metricsPort = FreePort();
-        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--metrics", $"127.0.0.1:{metricsPort}");
+        var server = ChildProcess.Start("serve", "--port", "0", "--quiet", "--metrics", $"127.0.0.1:{metricsPort}");
         await using (server)
         {
-            await server.WaitForStderrAsync($"listening on http://127.0.0.1:{metricsPort}/metrics (Prometheus metrics)", Deadline);
+            await server.WaitForStderrAsync("ready: serving", Deadline); // after the metrics listener, too
+            var lines = server.StandardErrorText.Split('\n');
+            Assert.Contains(lines, l => l.Contains($"listening on http://127.0.0.1:{metricsPort}/metrics (Prometheus metrics)", StringComparison.Ordinal));
+            int port = ChildProcess.PortOf(lines.First(l => l.Contains("listening on [", StringComparison.Ordinal)));
             using var held = await ConnectAsync(port); // one connection open while Prometheus looks
             await ReceiveExactlyAsync(held, GreetingBytes.Length);
 
