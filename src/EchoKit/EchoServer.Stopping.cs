@@ -26,7 +26,7 @@ public sealed partial class EchoServer
     private async Task StopCoreAsync()
     {
         _health?.Dispose(); // first: a load balancer stops sending new connections while these drain
-        if (!(Options.ReusePort && _migratesBacklog))
+        if (!_migratesBacklog)
         {
             // No new handshake starts; those under way complete into the backlogs, which the engine then drains.
             // With SO_REUSEPORT and tcp_migrate_req the kernel moves a closing listener's backlog to the next

@@ -224,7 +224,7 @@ public sealed partial class EchoServer : IAsyncDisposable
             ReportListening(EndPointText.Format(_health.LocalEndPoint) + " (health: answers ok while serving)");
         }
 
-        _migratesBacklog = ReadSysctl("/proc/sys/net/ipv4/tcp_migrate_req") is { } migrate && migrate != "0";
+        _migratesBacklog = Options.ReusePort && ReadSysctl("/proc/sys/net/ipv4/tcp_migrate_req") is { } migrate && migrate != "0";
         if (Options.ReusePort && !_migratesBacklog)
         {
             Log.NoMigration(_logger);
@@ -235,6 +235,7 @@ public sealed partial class EchoServer : IAsyncDisposable
 
     private Internal.Tls.TlsStage? _tls;
     private HealthListener? _health;
+    /// <summary>--reuse-port with tcp_migrate_req: a closing listener's queue moves to the next process by itself.</summary>
     private bool _migratesBacklog;
     private volatile bool _acceptingEnded;
 

@@ -46,14 +46,7 @@ public sealed class HaproxyTests : IDisposable
             await using var haproxy = ChildProcess.StartProgram("/usr/sbin/haproxy", "-db", "-f", config);
             await WaitUntilListeningQuietlyAsync(front, Deadline);
 
-            using var client = await ConnectFromAsync("127.0.0.3", front);
-            Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
-            await client.SendAsync("through haproxy\n"u8.ToArray());
-            Assert.Equal("through haproxy\n"u8.ToArray(), await ReceiveExactlyAsync(client, 16));
-            int clientPort = ((IPEndPoint)client.LocalEndPoint!).Port;
-            client.Shutdown(SocketShutdown.Send);
-            await ReceiveToEndAsync(client);
-
+            int clientPort = await EchoThroughAsync("127.0.0.3", front, "through haproxy\n"u8.ToArray());
             await server.WaitForStderrAsync($"from 127.0.0.3:{clientPort} closed: closed by peer", Deadline);
             Assert.Matches($@"connection \d+: client 127\.0\.0\.3:{clientPort} \(PROXY header from 127\.0\.0\.1:\d+\)", server.StandardErrorText);
             await ProcStats.WaitUntilAsync(() => server.StandardErrorText.Split('\n').Count(l => l.Contains("from 127.0.0.1:", StringComparison.Ordinal) && l.Contains(" closed: ", StringComparison.Ordinal)) >= 2,
@@ -130,6 +123,19 @@ public sealed class HaproxyTests : IDisposable
         Assert.Contains("shutting down", Read("e1.err"), StringComparison.Ordinal);
     }
 
+    /// <summary>A client from <paramref name="source"/> through the balancer: greeting, one echo, our FIN, the server's. Its port.</summary>
+    private static async Task<int> EchoThroughAsync(string source, int front, byte[] message)
+    {
+        using var client = await ConnectFromAsync(source, front);
+        Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
+        await client.SendAsync(message);
+        Assert.Equal(message, await ReceiveExactlyAsync(client, message.Length));
+        int port = ((IPEndPoint)client.LocalEndPoint!).Port;
+        client.Shutdown(SocketShutdown.Send);
+        await ReceiveToEndAsync(client);
+        return port;
+    }
+
     private string Read(string name) => File.Exists(Path.Combine(_dir.FullName, name)) ? File.ReadAllText(Path.Combine(_dir.FullName, name)) : "";
 
     private string Tail(string name) => string.Join('\n', Read(name).Split('\n').TakeLast(15));
@@ -163,13 +169,7 @@ public sealed class HaproxyTests : IDisposable
             await using var nginx = ChildProcess.StartProgram("/usr/sbin/nginx", "-c", config, "-p", _dir.FullName, "-e", "stderr");
             await WaitUntilListeningQuietlyAsync(front, Deadline);
 
-            using var client = await ConnectFromAsync("127.0.0.4", front);
-            Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
-            await client.SendAsync("through nginx\n"u8.ToArray());
-            Assert.Equal("through nginx\n"u8.ToArray(), await ReceiveExactlyAsync(client, 14));
-            int clientPort = ((IPEndPoint)client.LocalEndPoint!).Port;
-            client.Shutdown(SocketShutdown.Send);
-            await ReceiveToEndAsync(client);
+            int clientPort = await EchoThroughAsync("127.0.0.4", front, "through nginx\n"u8.ToArray());
             await server.WaitForStderrAsync($"from 127.0.0.4:{clientPort} closed: closed by peer", Deadline);
         }
     }

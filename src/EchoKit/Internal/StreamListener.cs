@@ -215,16 +215,22 @@ internal sealed class StreamListener : IDisposable
             }
 
             backoff.Succeeded();
-            try
-            {
-                onAccepted(accepted);
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
-            {
-                // One connection's setup failed (e.g. it was reset before we looked at it): not the listener's problem.
-                Log.SetupFailed(_logger, e.Message);
-                accepted.Dispose();
-            }
+            Hand(accepted, onAccepted);
+        }
+    }
+
+    /// <summary>Hands an accepted socket over; one connection's failed setup is logged, not the listener's problem.</summary>
+    private void Hand(Socket accepted, Action<Socket> onAccepted)
+    {
+        try
+        {
+            onAccepted(accepted);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
+        {
+            // e.g. it was reset before we looked at it
+            Log.SetupFailed(_logger, e.Message);
+            accepted.Dispose();
         }
     }
 
@@ -253,16 +259,11 @@ internal sealed class StreamListener : IDisposable
                 return; // EAGAIN: empty (or out of descriptors: what is left is reset at the close)
             }
 
-            try
+            Hand(accepted, socket =>
             {
-                accepted.Blocking = true;
-                onAccepted(accepted);
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
-            {
-                Log.SetupFailed(_logger, e.Message);
-                accepted.Dispose();
-            }
+                socket.Blocking = true;
+                onAccepted(socket);
+            });
         }
     }
 

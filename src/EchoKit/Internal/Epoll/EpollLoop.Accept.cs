@@ -55,10 +55,22 @@ internal sealed unsafe partial class EpollLoop
         }
     }
 
-    private void AcceptBatchFrom(int listenFd, bool tcp, IReadOnlyList<Stages.IStreamStage> streamStages)
+    private void AcceptBatchFrom(int listenFd, bool tcp, IReadOnlyList<Stages.IStreamStage> streamStages) =>
+        AcceptFrom(listenFd, tcp, streamStages, untilEmpty: false);
+
+    /// <summary>At the stop: accepts until the backlog is empty (or accept fails), whether or not the loop is listening.</summary>
+    private void AcceptBacklog(int listenFd, bool tcp, IReadOnlyList<Stages.IStreamStage> streamStages) =>
+        AcceptFrom(listenFd, tcp, streamStages, untilEmpty: true);
+
+    /// <summary>
+    /// Accepts and admits: a batch while the loop listens, or (<paramref name="untilEmpty"/>, at the stop) all the
+    /// backlog holds. A failure of the listener itself backs off in the first case and just ends the second (what
+    /// is left is reset at the close).
+    /// </summary>
+    private void AcceptFrom(int listenFd, bool tcp, IReadOnlyList<Stages.IStreamStage> streamStages, bool untilEmpty)
     {
         byte* address = stackalloc byte[128];
-        for (int i = 0; i < AcceptBatch && _listening; i++)
+        for (int i = 0; untilEmpty || (i < AcceptBatch && _listening); i++)
         {
             uint length = 128;
             int fd = Native.Accept4(listenFd, address, &length, Native.SOCK_NONBLOCK | Native.SOCK_CLOEXEC);
@@ -75,34 +87,15 @@ internal sealed unsafe partial class EpollLoop
                     continue; // that one connection died in the backlog (ECONNABORTED, EPROTO, ...): the listener is fine
                 }
 
-                BackOffAccepting(errno);
+                if (!untilEmpty)
+                {
+                    BackOffAccepting(errno);
+                }
+
                 return;
             }
 
             _backoff.Succeeded();
-            Admit(fd, tcp, streamStages, PeerOf(address, length));
-        }
-    }
-
-    /// <summary>At the stop: accepts until the backlog is empty (or accept fails), whether or not the loop is listening.</summary>
-    private void AcceptBacklog(int listenFd, bool tcp, IReadOnlyList<Stages.IStreamStage> streamStages)
-    {
-        byte* address = stackalloc byte[128];
-        while (true)
-        {
-            uint length = 128;
-            int fd = Native.Accept4(listenFd, address, &length, Native.SOCK_NONBLOCK | Native.SOCK_CLOEXEC);
-            if (fd < 0)
-            {
-                int errno = Native.LastError;
-                if (errno != Native.EAGAIN && (errno == Native.EPROTO || AcceptBackoff.IsPendingConnectionError(Native.ToSocketError(errno))))
-                {
-                    continue; // that one connection died in the backlog
-                }
-
-                return; // EAGAIN: empty; anything else (out of descriptors): what is left is reset at the close
-            }
-
             Admit(fd, tcp, streamStages, PeerOf(address, length));
         }
     }
