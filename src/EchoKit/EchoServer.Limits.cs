@@ -32,7 +32,7 @@ public sealed partial class EchoServer
     /// A new connection (its <paramref name="descriptor"/>) goes through the stages in order: admission first
     /// (<see cref="AdmissionStage"/>: the limits, and the stop), then <see cref="EchoServerOptions.Stages"/>, which
     /// may replace <paramref name="peer"/>. A refused connection is the engine's to answer (the verdict's reply, if
-    /// any) and close, then to report with <see cref="ReportRefused"/>; every engine does it the same way.
+    /// any), report with <see cref="ReportRefused"/> and then close; every engine does it the same way.
     /// </summary>
     internal StageVerdict Admit(int descriptor, ref EndPoint? peer, out long id)
     {
@@ -79,7 +79,7 @@ public sealed partial class EchoServer
         return _access?.OnAccepted(context) is { Refused: true } verdict ? $"access: {verdict.RefusedBecause}" : null;
     }
 
-    /// <summary>A refused connection (already answered and closed by its engine): logged with its reason and announced.</summary>
+    /// <summary>A refused connection (answered, not yet closed, by its engine): counted, logged with its reason and announced.</summary>
     internal void ReportRefused(long id, EndPoint? peer, StageVerdict verdict)
     {
         if (verdict.Reason == CloseReason.ServerShutdown)

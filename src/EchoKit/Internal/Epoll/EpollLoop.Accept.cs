@@ -128,8 +128,8 @@ internal sealed unsafe partial class EpollLoop
                 Native.Shutdown(fd, Native.SHUT_WR);
             }
 
+            _server.ReportRefused(id, peer, verdict); // counted before the peer sees the close, so a scrape after it sees the refusal
             Native.Close(fd);
-            _server.ReportRefused(id, peer, verdict);
             return;
         }
 

@@ -101,8 +101,8 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
                 }
             }
 
+            server.ReportRefused(id, peer, verdict); // counted before the peer sees the close, so a scrape after it sees the refusal
             socket.Dispose();
-            server.ReportRefused(id, peer, verdict);
             return;
         }
 
