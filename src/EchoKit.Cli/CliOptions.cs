@@ -20,8 +20,18 @@ internal static class CliOptions
             CustomParser = result => ParseDuration(result, name, allowZero),
         };
         TimeSpan? fallback = defaultText is not null && Durations.TryParse(defaultText, out var value, out _) ? value : null;
+        if (defaultText is not null)
+        {
+            DurationDefaults.AddOrUpdate(option, defaultText);
+        }
+
         return new DurationOption(option, fallback);
     }
+
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Option, string> DurationDefaults = [];
+
+    /// <summary>A duration option's default as a user writes it (its option has none of its own: null means "not given").</summary>
+    public static string? DurationDefault(Option option) => DurationDefaults.TryGetValue(option, out string? text) ? text : null;
 
     private static TimeSpan? ParseDuration(ArgumentResult result, string name, bool allowZero)
     {
@@ -130,7 +140,7 @@ internal static class CliOptions
 
     /// <summary>-4 / -6: restrict to one address family.</summary>
     public static (Option<bool> Four, Option<bool> Six) FamilyOptions() =>
-        (new Option<bool>("-4") { Description = "IPv4 only" }, new Option<bool>("-6") { Description = "IPv6 only" });
+        (new Option<bool>("--ipv4", "-4") { Description = "IPv4 only" }, new Option<bool>("--ipv6", "-6") { Description = "IPv6 only" });
 
     /// <summary>The family -4/-6 ask for (null: both), or an error when both are given.</summary>
     public static bool TryGetFamily(ParseResult result, (Option<bool> Four, Option<bool> Six) flags, out System.Net.Sockets.AddressFamily? family, out string? error)

@@ -76,7 +76,7 @@ internal static class CommandLineHabits
     }
 
     /// <summary>Levenshtein distance, for "did you mean".</summary>
-    private static int Distance(string a, string b)
+    internal static int Distance(string a, string b)
     {
         var row = Enumerable.Range(0, b.Length + 1).ToArray();
         for (int i = 1; i <= a.Length; i++)

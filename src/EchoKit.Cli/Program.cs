@@ -33,9 +33,10 @@ namespace EchoKit.Cli
                 Environment.SetEnvironmentVariable(InlineCompletions, "1");
             }
 
+            var configuration = new ServeConfiguration(args);
             var root = new RootCommand("EchoKit: the TCP echo server, client and load tester.")
             {
-                ServeCommand.Create(),
+                ServeCommand.Create(configuration),
                 ConnectCommand.Create(),
                 BenchCommand.Create(),
             };
@@ -51,6 +52,26 @@ namespace EchoKit.Cli
                 // One line: the first problem, and where to read more.
                 string more = parsed.Errors.Count > 1 ? $" (and {parsed.Errors.Count - 1} more)" : "";
                 return Fail(ExitCodes.Usage, $"{OneLine(parsed.Errors[0].Message).TrimEnd('.')}{more}; see '{UsageOf(parsed)} --help'");
+            }
+
+            if (parsed.CommandResult.Command.Name == "serve" && parsed.Action is not System.CommandLine.Help.HelpAction)
+            {
+                // Under the command line: the --config file and the ECHOKIT_* environment.
+                configuration.Root = root;
+                var (layered, error) = configuration.Layer(parsed);
+                if (error is not null)
+                {
+                    return Fail(ExitCodes.Usage, error);
+                }
+
+                if (parsed.GetValue(configuration.PrintOption))
+                {
+                    Console.Out.Write(ServeConfiguration.Print(layered!.Settings));
+                    return ExitCodes.Ok;
+                }
+
+                configuration.InForce = layered!.Settings;
+                parsed = layered.Result;
             }
 
             try

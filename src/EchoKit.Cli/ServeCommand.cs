@@ -10,7 +10,7 @@ namespace EchoKit.Cli;
 /// <summary><c>echokit serve</c>: the multi-client TCP echo server.</summary>
 internal static class ServeCommand
 {
-    public static Command Create()
+    public static Command Create(ServeConfiguration configuration)
     {
         var port = new Option<int>("--port", "-p")
         {
@@ -125,6 +125,7 @@ internal static class ServeCommand
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
             port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, udpReceiveBuffer, udpSendBuffer, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, logFormat, metrics, engine, loops, busyPoll.Option,
+            configuration.ConfigOption, configuration.PrintOption,
         };
 
         var tls = new ServeTlsOptions();

@@ -107,6 +107,12 @@ public sealed partial class ChildProcess : IAsyncDisposable
             info.ArgumentList.Add(arg);
         }
 
+        // echokit serve reads ECHOKIT_* settings: a test gives its own (through env), none leak from the runner's.
+        foreach (string name in info.Environment.Keys.Where(k => k.StartsWith("ECHOKIT_", StringComparison.Ordinal)).ToList())
+        {
+            info.Environment.Remove(name);
+        }
+
         Process process;
         try
         {

@@ -42,7 +42,7 @@ internal sealed class AddressRules
         string[] lines;
         try
         {
-            lines = File.ReadAllLines(path);
+            lines = TextFile.ReadLines(path);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
