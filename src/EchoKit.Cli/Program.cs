@@ -58,6 +58,7 @@ namespace EchoKit.Cli
             {
                 // Under the command line: the --config file and the ECHOKIT_* environment.
                 configuration.Root = root;
+                configuration.CommandLine = parsed;
                 var (layered, error) = configuration.Layer(parsed);
                 if (error is not null)
                 {

@@ -268,7 +268,28 @@ internal static class ServeCommand
             string? activation = inherited is null ? null
                 : $"socket activation: serving the {inherited.Count} socket{(inherited.Count == 1 ? "" : "s")} systemd passed"
                     + (inheritedNames is { Length: > 0 } ? $" ({inheritedNames.Replace(':', ',')})" : "") + " instead of binding";
-            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json", activation, metricsAt).ConfigureAwait(false);
+            // What a reload (SIGHUP) may change, read from the configuration read again.
+            (EchoServerOptions? Options, LogLevel Level, string? Error) Reloadable(ParseResult again)
+            {
+                var (reloadedAccess, usage, error) = access.Read(again, unixPath is not null);
+                if ((usage ?? error) is { } why)
+                {
+                    return (null, default, why);
+                }
+
+                return (new EchoServerOptions
+                {
+                    MaxConnections = again.GetValue(maxConnections),
+                    IdleTimeout = idleTimeout.Get(again)!.Value,
+                    SendTimeout = sendTimeout.Get(again)!.Value,
+                    ShutdownTimeout = shutdownTimeout.Get(again)!.Value,
+                    UdpRate = again.GetValue(udpRate),
+                    Access = reloadedAccess,
+                }, again.GetValue(logLevel), null);
+            }
+
+            var reload = new ServeReload(configuration, Reloadable);
+            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json", activation, metricsAt, reload).ConfigureAwait(false);
         });
         return command;
     }
@@ -286,7 +307,7 @@ internal static class ServeCommand
             && (endPoint.AddressFamily == AddressFamily.InterNetwork || text.StartsWith('['));
     }
 
-    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level, bool json, string? activation, IPEndPoint? metricsAt)
+    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level, bool json, string? activation, IPEndPoint? metricsAt, ServeReload reload)
     {
         using var logger = new StderrLogger("echokit", level, json);
         if (activation is not null)
@@ -327,8 +348,7 @@ internal static class ServeCommand
 
         // We own SIGINT and SIGTERM (System.CommandLine's handler is off, see Program): the first one
         // starts a graceful stop bounded by --shutdown-timeout, a second one ends the process at once;
-        // either way it exits 0. SIGHUP, which would kill the process (and leave a socket file behind), is
-        // logged and ignored until there is a configuration to reload.
+        // either way it exits 0. SIGHUP (which would kill the process and leave a socket file behind) reloads.
         void OnSignal(PosixSignalContext context)
         {
             context.Cancel = true;
@@ -348,9 +368,9 @@ internal static class ServeCommand
         using var sighup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, context =>
         {
             context.Cancel = true;
+            reload.Run(server, logger);
             if (options.Tls is null)
             {
-                logger.LogWarning("SIGHUP received: there is no configuration to reload; serving on");
                 return;
             }
 

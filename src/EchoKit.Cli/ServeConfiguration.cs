@@ -20,6 +20,9 @@ internal sealed class ServeConfiguration(string[] args)
     /// <summary>Set once the commands exist.</summary>
     public RootCommand? Root { get; set; }
 
+    /// <summary>The command line alone, as parsed before the file and the environment are put under it.</summary>
+    public ParseResult? CommandLine { get; set; }
+
     /// <summary>The settings the server runs with (set at start, replaced by each reload).</summary>
     public IReadOnlyList<Setting>? InForce { get; set; }
 
@@ -163,7 +166,7 @@ internal sealed class ServeConfiguration(string[] args)
         var old = before.ToDictionary(s => s.Key, StringComparer.Ordinal);
         foreach (var setting in after)
         {
-            string was = old.TryGetValue(setting.Key, out var previous) ? Shown(previous) : "not set";
+            string was = old.TryGetValue(setting.Key, out var previous) ? Shown(previous) : "(not set)";
             string now = Shown(setting);
             if (was != now)
             {
@@ -171,7 +174,7 @@ internal sealed class ServeConfiguration(string[] args)
             }
         }
 
-        static string Shown(Setting s) => s.Values.Count == 0 ? "not set" : string.Join(", ", s.Values);
+        static string Shown(Setting s) => s.Values.Count == 0 ? "(not set)" : string.Join(", ", s.Values);
     }
 
     /// <summary>Every serve option that is a setting, with its key: the long name without dashes.</summary>

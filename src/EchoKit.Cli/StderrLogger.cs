@@ -20,7 +20,7 @@ internal sealed class StderrLogger : ILogger, IDisposable
     private const int QueueLines = 4096;
 
     private readonly string _category;
-    private readonly LogLevel _minimum;
+    private volatile LogLevel _minimum;
     private readonly Stream _stderr = StandardStreams.ErrorOpen ? Console.OpenStandardError() : Stream.Null;
     private readonly bool _colors = !Console.IsErrorRedirected && Environment.GetEnvironmentVariable("NO_COLOR") is null;
     private readonly System.Threading.Channels.Channel<byte[]> _queue =
@@ -49,6 +49,13 @@ internal sealed class StderrLogger : ILogger, IDisposable
 
     public IDisposable? BeginScope<TState>(TState state)
         where TState : notnull => null;
+
+    /// <summary>The least severe event written (a reload may change it).</summary>
+    public LogLevel Minimum
+    {
+        get => _minimum;
+        set => _minimum = value;
+    }
 
     public bool IsEnabled(LogLevel logLevel) => logLevel != LogLevel.None && logLevel >= _minimum;
 

@@ -40,8 +40,8 @@ public sealed partial class EchoServer
         var context = new ConnectionContext(id, descriptor, peer);
         // A connection whose first bytes name the real client (PROXY from a trusted balancer) is checked once they
         // are read (AdmitAfterPrefix): the rules are about the client, not the balancer.
-        bool deferred = _access is not null && Options.PrefixStages.Count > 0 && Options.PrefixStages.Any(s => s.AppliesTo(context));
-        if (!deferred && _access?.OnAccepted(context) is { Refused: true } refused)
+        bool deferred = Options.PrefixStages.Count > 0 && Options.PrefixStages.Any(s => s.AppliesTo(context));
+        if (!deferred && _access.OnAccepted(context) is { Refused: true } refused)
         {
             peer = context.Peer;
             return refused; // before admission: a refused peer gets no byte, not even "server busy"
@@ -76,7 +76,7 @@ public sealed partial class EchoServer
             Log.ClientBehind(_logger, context.Id, EndPointText.Format(context.Peer), EndPointText.Format(context.AcceptedFrom));
         }
 
-        return _access?.OnAccepted(context) is { Refused: true } verdict ? $"access: {verdict.RefusedBecause}" : null;
+        return _access.OnAccepted(context) is { Refused: true } verdict ? $"access: {verdict.RefusedBecause}" : null;
     }
 
     /// <summary>A refused connection (answered, not yet closed, by its engine): counted, logged with its reason and announced.</summary>
@@ -87,7 +87,7 @@ public sealed partial class EchoServer
             return; // accepted as the server stopped: nothing to tell
         }
 
-        _access?.Released(id);
+        _access.Released(id);
         bool busy = verdict.Reason == CloseReason.ServerBusy;
         var closed = new ClosedConnection(id, peer, verdict.Reason, SocketError.Success, 0, 0, TimeSpan.Zero) { Detail = busy ? null : verdict.RefusedBecause };
         _metrics.Rejected(closed);

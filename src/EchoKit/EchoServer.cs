@@ -55,7 +55,8 @@ public sealed partial class EchoServer : IAsyncDisposable
         _logger = logger ?? NullLogger.Instance;
         PayloadSink = payloadSink;
         _admission = new AdmissionStage(this);
-        _access = options.Access is { Any: true } access ? new Internal.Access.AccessStage(access, _logger) : null;
+        // Always there, even with no rules yet: a reload may bring some (Reconfigure).
+        _access = new Internal.Access.AccessStage(options.Access ?? new Internal.Access.AccessSettings(), _logger);
         _metrics = new ServerMetrics(() => ActiveConnections);
     }
 
@@ -65,7 +66,7 @@ public sealed partial class EchoServer : IAsyncDisposable
     /// <summary>This server's instruments (meter <c>EchoKit</c>; one per server, so that tests can tell them apart).</summary>
     internal System.Diagnostics.Metrics.Meter Meter => _metrics.Meter;
 
-    public EchoServerOptions Options { get; }
+    public EchoServerOptions Options { get; private set; }
 
     internal IPayloadSink? PayloadSink { get; }
 
@@ -252,7 +253,7 @@ public sealed partial class EchoServer : IAsyncDisposable
     }
 
     /// <summary>--allow/--deny, --max-per-address, --allow-uid/--allow-gid: checked before admission; null when none is set.</summary>
-    private readonly Internal.Access.AccessStage? _access;
+    private readonly Internal.Access.AccessStage _access;
 
     /// <summary>The TLS stage, made on first use (it loads the certificate: a bad one stops the start).</summary>
     private IEnumerable<Internal.Stages.IStreamStage> TlsStages()
@@ -274,6 +275,52 @@ public sealed partial class EchoServer : IAsyncDisposable
     /// A file that does not load leaves the old certificate in place: the exception says why.
     /// </summary>
     internal void ReloadTls() => _tls?.Reload();
+
+    /// <summary>
+    /// A reload (SIGHUP): what can change without dropping a connection is taken from <paramref name="next"/>: the
+    /// connection limit, the idle, send and shutdown timeouts (for open connections too), the access rules and the
+    /// per-address limit (for connections from now on), the UDP rate. Everything else in it is ignored: the
+    /// caller says which settings did not apply.
+    /// </summary>
+    internal void Reconfigure(EchoServerOptions next)
+    {
+        ArgumentNullException.ThrowIfNull(next);
+        var was = Options;
+        Options = was with
+        {
+            MaxConnections = next.MaxConnections,
+            IdleTimeout = next.IdleTimeout,
+            SendTimeout = next.SendTimeout,
+            ShutdownTimeout = next.ShutdownTimeout,
+            UdpRate = next.UdpRate,
+            Access = next.Access,
+        };
+        if (next.MaxConnections != was.MaxConnections)
+        {
+            int limit = EffectiveConnectionLimit();
+            lock (_limitLock)
+            {
+                // Still short of descriptors (capped): the lower of the two until the descriptors are back.
+                bool capped = _connectionLimit != _startConnectionLimit;
+                _startConnectionLimit = limit;
+                _connectionLimit = !capped ? limit : limit == 0 ? _connectionLimit : Math.Min(limit, _connectionLimit);
+            }
+        }
+
+        if (next.IdleTimeout != was.IdleTimeout || next.SendTimeout != was.SendTimeout)
+        {
+            _engine?.ApplyTimeouts(new TimeoutPolicy(next.IdleTimeout, next.SendTimeout));
+        }
+
+        _access.Reload(next.Access ?? new Internal.Access.AccessSettings());
+        if (next.UdpRate != was.UdpRate)
+        {
+            foreach (var service in _datagramServices)
+            {
+                service.Policy.ApplyRate(next.UdpRate);
+            }
+        }
+    }
 
     /// <summary>Refuses to start, with what is needed, where the descriptor limit leaves no room to serve anyone.</summary>
     private void EnsureEnoughDescriptors()

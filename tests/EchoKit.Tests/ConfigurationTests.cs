@@ -156,4 +156,57 @@ public sealed class ConfigurationTests : IDisposable
         var flagWins = await RunWithEnvironmentAsync(["ECHOKIT_PORT=70000"], "serve", "--port", "1", "--print-config");
         Assert.Equal(2, flagWins.ExitCode); // a bad value is an error wherever it is, even where a higher level replaces it
     }
+
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task SIGHUP_applies_limits_timeouts_and_rules_to_a_running_server_and_names_what_needs_a_restart(string engine)
+    {
+        string file = Write("reload.conf", "max-connections = 1\nno-greeting = true\nbind = 127.0.0.1\n");
+        var (server, port) = await ChildProcess.StartServerAsync("--config", file, "--quiet", "--engine", engine);
+        await using var _ = server;
+
+        using var held = await ConnectAsync(port);
+        await held.SendAsync("a"u8.ToArray());
+        Assert.Equal("a", Encoding.ASCII.GetString(await ReceiveExactlyAsync(held, 1)));
+        using (var busy = await ConnectAsync(port))
+        {
+            Assert.Equal("server busy: 1 connections\n", Encoding.ASCII.GetString(await ReceiveToEndAsync(busy)));
+        }
+
+        File.WriteAllText(file, "max-connections = 2\nno-greeting = true\nbind = 127.0.0.1\nidle-timeout = 1s\ndeny = 127.0.0.2/32\ntag = true\n");
+        server.Signal(1); // SIGHUP
+        string reloaded = await server.WaitForStderrAsync("SIGHUP: configuration reloaded", Deadline);
+        Assert.Contains("max-connections 1 -> 2; idle-timeout 300s -> 1s; deny (not set) -> 127.0.0.2/32", reloaded, StringComparison.Ordinal);
+        Assert.Contains("SIGHUP: tag changed (false -> true) but needs a restart: the old value stays", server.StandardErrorText, StringComparison.Ordinal);
+
+        // The new limit: a second connection beside the held one is served.
+        using (var second = await ConnectAsync(port))
+        {
+            await second.SendAsync("b"u8.ToArray());
+            Assert.Equal("b", Encoding.ASCII.GetString(await ReceiveExactlyAsync(second, 1)));
+        }
+
+        // The new rule: refused before any byte.
+        using (var denied = await ConnectFromAsync("127.0.0.2", port))
+        {
+            Assert.Empty(await ReceiveToEndAsync(denied));
+        }
+
+        // The new idle timeout reaches the connection that was open before the reload.
+        Assert.Empty(await ReceiveToEndAsync(held));
+        await server.WaitForStderrAsync("idle", Deadline);
+
+        // A file that no longer reads changes nothing, and says where it is wrong.
+        File.WriteAllText(file, "max-connections = 2\nidle-timeout = soon\n");
+        server.Signal(1);
+        string refused = await server.WaitForStderrAsync("SIGHUP: configuration not reloaded", Deadline);
+        Assert.Contains($"{file}:2:16: idle-timeout:", refused, StringComparison.Ordinal);
+        using var after = await ConnectAsync(port);
+        await after.SendAsync("c"u8.ToArray());
+        Assert.Equal("c", Encoding.ASCII.GetString(await ReceiveExactlyAsync(after, 1)));
+
+        server.Signal(ChildProcess.SIGTERM);
+        Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+    }
 }

@@ -31,12 +31,12 @@ public sealed class OperatorTests
     }
 
     [Fact]
-    public async Task SIGHUP_is_logged_and_the_server_serves_on()
+    public async Task SIGHUP_without_a_config_file_reloads_nothing_and_the_server_serves_on()
     {
         var (server, port) = await ChildProcess.StartServerAsync("--quiet");
         await using var _ = server;
         server.Signal(1); // SIGHUP: killed the process (exit 129) before
-        await server.WaitForStderrAsync("SIGHUP received", Deadline);
+        await server.WaitForStderrAsync("SIGHUP: configuration reloaded: no setting changed", Deadline);
         using var client = await ConnectAsync(port);
         Assert.Equal(GreetingBytes, await ReceiveExactlyAsync(client, GreetingBytes.Length));
         server.Signal(ChildProcess.SIGTERM);

@@ -22,4 +22,7 @@ internal interface IStreamEngine
     /// every connection has closed; returns how many were reset at the deadline.
     /// </summary>
     Task<int> DrainAsync(long deadlineMs, long quietMs);
+
+    /// <summary>New idle and send timeouts (a reload): they apply to every connection, open ones included.</summary>
+    void ApplyTimeouts(TimeoutPolicy policy);
 }

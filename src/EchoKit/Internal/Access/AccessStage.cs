@@ -20,12 +20,12 @@ internal sealed partial class AccessStage : IConnectionStage
 {
     public const int Slots = 1 << 16;
 
-    private readonly AccessSettings _settings;
     private readonly ILogger _logger;
-    private readonly int[]? _perAddress;
+    private volatile AccessSettings _settings; // replaced whole by a reload
+    private volatile int[]? _perAddress; // made when a limit is first set; kept (for the counts) if it is lifted
     private readonly ConcurrentDictionary<long, int> _counted = new(); // connection id → its per-address slot
     private readonly int _seed = Random.Shared.Next();
-    private readonly byte[] _busyLine;
+    private volatile byte[] _busyLine;
     private long _notAllowed;
     private long _notAllowedLoggedMs = long.MinValue / 2;
     private long _credentialsRefused;
@@ -35,30 +35,51 @@ internal sealed partial class AccessStage : IConnectionStage
 
     public AccessStage(AccessSettings settings, ILogger logger)
     {
-        _settings = settings;
         _logger = logger;
-        _perAddress = settings.MaxPerAddress > 0 ? new int[Slots] : null;
+        _settings = settings;
+        _busyLine = [];
+        Reload(settings);
+    }
+
+    /// <summary>
+    /// New rules and limits (a reload) for the connections and datagrams that come from now on; open connections
+    /// stay. A per-address limit set now counts the connections that arrive from now on.
+    /// </summary>
+    public void Reload(AccessSettings settings)
+    {
+        if (settings.MaxPerAddress > 0 && _perAddress is null)
+        {
+            _perAddress = new int[Slots];
+        }
+
         _busyLine = Encoding.ASCII.GetBytes($"server busy: {Log.Count(settings.MaxPerAddress, "connection")} from your address\n");
+        _settings = settings;
     }
 
     public StageVerdict OnAccepted(ConnectionContext connection)
     {
+        var settings = _settings;
         if (connection.Peer is IPEndPoint ip)
         {
+            if (settings.Rules is null && settings.MaxPerAddress == 0)
+            {
+                return StageVerdict.Continue;
+            }
+
             UInt128 key = AddressRules.ToKey(ip.Address);
-            if (_settings.Rules is { } rules && !rules.Allows(key, out var rule))
+            if (settings.Rules is { } rules && !rules.Allows(key, out var rule))
             {
                 Refused(rule, ip);
                 return StageVerdict.RefuseQuietly(rule is null ? "not in any --allow" : $"--deny {rule.Text}");
             }
 
-            if (_perAddress is not null)
+            if (settings.MaxPerAddress > 0 && _perAddress is { } table)
             {
                 int slot = Slot(key);
-                if (Interlocked.Increment(ref _perAddress[slot]) > _settings.MaxPerAddress)
+                if (Interlocked.Increment(ref table[slot]) > settings.MaxPerAddress)
                 {
-                    Interlocked.Decrement(ref _perAddress[slot]);
-                    string why = $"over --max-per-address {_settings.MaxPerAddress}";
+                    Interlocked.Decrement(ref table[slot]);
+                    string why = $"over --max-per-address {settings.MaxPerAddress}";
                     if (RateLimit(ref _overLimit, ref _overLimitLoggedMs) is { } n)
                     {
                         Log.AccessRefused(_logger, n, why, EndPointText.Format(ip));
@@ -70,10 +91,10 @@ internal sealed partial class AccessStage : IConnectionStage
                 _counted[connection.Id] = slot;
             }
         }
-        else if (_settings.AllowedUids.Count + _settings.AllowedGids.Count > 0)
+        else if (settings.AllowedUids.Count + settings.AllowedGids.Count > 0)
         {
             var (uid, gid) = PeerCredentials(connection.Descriptor);
-            if (!_settings.AllowedUids.Contains(uid) && !_settings.AllowedGids.Contains(gid))
+            if (!settings.AllowedUids.Contains(uid) && !settings.AllowedGids.Contains(gid))
             {
                 string why = $"uid {uid} gid {gid} not in --allow-uid/--allow-gid";
                 if (RateLimit(ref _credentialsRefused, ref _credentialsLoggedMs) is { } count)
@@ -91,9 +112,9 @@ internal sealed partial class AccessStage : IConnectionStage
     /// <summary>A connection has ended (or was refused by a later stage): its per-address count is released.</summary>
     public void Released(long id)
     {
-        if (_perAddress is not null && _counted.TryRemove(id, out int slot))
+        if (_perAddress is { } table && _counted.TryRemove(id, out int slot))
         {
-            Interlocked.Decrement(ref _perAddress[slot]);
+            Interlocked.Decrement(ref table[slot]);
         }
     }
 

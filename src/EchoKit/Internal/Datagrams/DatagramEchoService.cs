@@ -21,6 +21,9 @@ internal sealed class DatagramEchoService : IDisposable
 
     private readonly Socket[] _sockets;
     private readonly DatagramPolicy _policy;
+
+    /// <summary>What this service answers and drops, and its counts.</summary>
+    internal DatagramPolicy Policy => _policy;
     private readonly IPayloadSink? _sink;
     private readonly ILogger _logger;
     private readonly BatchedDatagramLoop[] _batched = [];

@@ -15,7 +15,7 @@ internal sealed class DatagramPolicy
 {
     private readonly EchoServerOptions _options;
     private readonly ILogger _logger;
-    private readonly SourceRateTable? _rates;
+    private volatile SourceRateTable? _rates; // replaced whole by a reload
     private readonly OwnAddress _own;
     private readonly bool _isUnix;
     private long _droppedLowPort;
@@ -44,6 +44,9 @@ internal sealed class DatagramPolicy
         _rates = !isUnix && options.UdpRate > 0 ? new SourceRateTable(options.UdpRate) : null;
         _own = new OwnAddress(local);
     }
+
+    /// <summary>A new --udp-rate (a reload): every source starts with a full bucket of it.</summary>
+    public void ApplyRate(int perSecond) => _rates = !_isUnix && perSecond > 0 ? new SourceRateTable(perSecond) : null;
 
     /// <summary>The largest datagram answered; a larger one is cut by the kernel and dropped.</summary>
     public int BufferSize { get; }
@@ -87,7 +90,7 @@ internal sealed class DatagramPolicy
                 return false;
             }
 
-            if (_rates is not null && !_rates.TryTake(sender, MonotonicClock.Milliseconds))
+            if (_rates is { } rates && !rates.TryTake(sender, MonotonicClock.Milliseconds))
             {
                 return Dropped(ref _droppedRate);
             }

@@ -48,9 +48,9 @@ internal sealed unsafe partial class EpollLoop
     private readonly byte* _bufferPointer;
     private readonly ConcurrentQueue<Action> _commands = new();
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly TimeoutPolicy _policy;
+    private TimeoutPolicy _policy; // replaced on the loop's thread (ApplyTimeouts)
     private readonly EpollStreamEngine _engine;
-    private readonly int _timeoutTickMs;
+    private int _timeoutTickMs;
     private EpollConnection?[] _byFd = new EpollConnection?[1024];
     private int _count;
     private uint _nextSerial;
@@ -89,8 +89,7 @@ internal sealed unsafe partial class EpollLoop
         _listeners = listeners;
         _listenerReady = new bool[listeners.Length];
         var options = server.Options;
-        _policy = new TimeoutPolicy(options.IdleTimeout, options.SendTimeout);
-        _timeoutTickMs = _policy.Any ? (int)_policy.CheckInterval.TotalMilliseconds : -1;
+        SetTimeouts(new TimeoutPolicy(options.IdleTimeout, options.SendTimeout));
         _busyPollTicks = (long)(options.BusyPoll.TotalSeconds * Stopwatch.Frequency);
         _gapCapTicks = 16 * _busyPollTicks;
         _gapTicks = _gapCapTicks; // start asleep: poll only once traffic has shown to be dense
@@ -131,6 +130,22 @@ internal sealed unsafe partial class EpollLoop
     public Task Exited => _exited.Task;
 
     /// <summary>Runs <paramref name="command"/> on the loop's thread; false if the loop has ended (it never will).</summary>
+    /// <summary>New timeouts (a reload), taken by the loop between events; the next tick comes by the new interval.</summary>
+    public void ApplyTimeouts(TimeoutPolicy policy) => _ = Post(() =>
+    {
+        SetTimeouts(policy);
+        if (_timeoutTickMs > 0)
+        {
+            _nextTickMs = Math.Min(_nextTickMs, MonotonicClock.Milliseconds + _timeoutTickMs);
+        }
+    });
+
+    private void SetTimeouts(TimeoutPolicy policy)
+    {
+        _policy = policy;
+        _timeoutTickMs = policy.Any ? (int)policy.CheckInterval.TotalMilliseconds : -1;
+    }
+
     public bool Post(Action command)
     {
         // Under the gate, so that a late caller (a sink write completing after the loop ended) never

@@ -64,6 +64,19 @@ internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IRead
     /// <summary>The descriptors each loop holds of its own: an epoll set and an eventfd.</summary>
     public const int DescriptorsPerLoop = 2;
 
+    public void ApplyTimeouts(TimeoutPolicy policy)
+    {
+        foreach (var loop in _loops)
+        {
+            loop.ApplyTimeouts(policy);
+        }
+
+        lock (_wrappedGate)
+        {
+            _wrapped?.ApplyTimeouts(policy);
+        }
+    }
+
     public Task StopAcceptingAsync() => Task.WhenAll(_loops.Select(l => l.StopAcceptingAsync()));
 
     public async Task<int> DrainAsync(long deadlineMs, long quietMs)

@@ -14,20 +14,28 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
     private readonly ConcurrentDictionary<long, EchoConnection> _connections = new();
     private readonly List<Task> _acceptLoops = [];
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Lock _heartbeatGate = new();
     private ConnectionHeartbeat? _heartbeat;
+    private bool _stopped; // under _heartbeatGate
     private volatile bool _draining;
 
     public void Start()
     {
         var options = server.Options;
-        if (options.IdleTimeout > TimeSpan.Zero || options.SendTimeout > TimeSpan.Zero)
-        {
-            _heartbeat = new ConnectionHeartbeat(new TimeoutPolicy(options.IdleTimeout, options.SendTimeout), () => _connections.Values);
-        }
+        ApplyTimeouts(new TimeoutPolicy(options.IdleTimeout, options.SendTimeout));
 
         foreach (var listener in listeners)
         {
             _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(socket => OnAccepted(socket, listener.StreamStages), server.OnDescriptorsExhausted)));
+        }
+    }
+
+    public void ApplyTimeouts(TimeoutPolicy policy)
+    {
+        lock (_heartbeatGate)
+        {
+            _heartbeat?.Dispose();
+            _heartbeat = policy.Any && !_stopped ? new ConnectionHeartbeat(policy, () => _connections.Values) : null;
         }
     }
 
@@ -77,7 +85,12 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
             await all.ConfigureAwait(false);
         }
 
-        _heartbeat?.Dispose();
+        lock (_heartbeatGate)
+        {
+            _heartbeat?.Dispose();
+            _stopped = true; // a reload after this starts no heartbeat
+        }
+
         return aborted;
     }
 
