@@ -38,9 +38,10 @@ internal static class ConnectCommand
 
         var tls = new ClientTlsOptions();
         var proxy = ProxyClientOptions.Create();
+        var hexDump = HexDumpOption.Create("of the connection");
         var command = new Command("connect", "Connect to a TCP server: stdin to the socket and the socket to stdout, or one-shot with --send.")
         {
-            host, port, family.Four, family.Six, udp, unix, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option,
+            host, port, family.Four, family.Six, udp, unix, send, expect, wait.Option, halfClose, connectTimeout.Option, recvTimeout.Option, sendTimeout.Option, hexDump,
         };
         foreach (var option in tls.All.Concat([proxy.Version, proxy.Source]))
         {
@@ -109,6 +110,11 @@ internal static class ConnectCommand
                 return Program.FailUsage("connect", "--tls is for stream connections: leave out --udp (DTLS is not supported)");
             }
 
+            if (result.GetValue(udp) && result.GetValue(hexDump) is not null)
+            {
+                return Program.FailUsage("connect", "--hex-dump is for stream connections: leave out --udp");
+            }
+
             if (result.GetValue(udp))
             {
                 // --wait bounds the wait for replies after the last datagram; --recv-timeout, when shorter, too.
@@ -120,14 +126,14 @@ internal static class ConnectCommand
 
             var settings = new ClientSettings(
                 result.GetValue(expect), wait.Get(result)!.Value, result.GetValue(halfClose),
-                connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result), onlyFamily, tlsOptions, proxyHeader);
+                connectTimeout.Get(result)!.Value, recvTimeout.Get(result), sendTimeout.Get(result), onlyFamily, tlsOptions, proxyHeader, result.GetValue(hexDump));
             return await RunAsync(unixPath, targetHost, targetPort, payload, settings).ConfigureAwait(false);
         });
         return command;
     }
 
     private sealed record ClientSettings(int? Expect, TimeSpan Wait, bool HalfClose, TimeSpan ConnectTimeout, TimeSpan? RecvTimeout, TimeSpan? SendTimeout,
-        AddressFamily? Family, TlsClientOptions? Tls, ProxyClientOptions.Header? Proxy);
+        AddressFamily? Family, TlsClientOptions? Tls, ProxyClientOptions.Header? Proxy, string? HexDump);
 
     /// <summary>Accepts "host", "host PORT", "host:port", "[v6]:port", "[v6]" and a bare IPv6 literal.</summary>
     internal static bool TryParseTarget(string hostText, string? portText, out string host, out int port, out string? error)
@@ -179,6 +185,28 @@ internal static class ConnectCommand
 
     private static async Task<int> RunAsync(string? unixPath, string host, int port, byte[]? payload, ClientSettings settings)
     {
+        EchoKit.Internal.HexDump? dump = null;
+        if (settings.HexDump is { } dumpPath)
+        {
+            (dump, string? dumpError) = HexDumpOption.Open(dumpPath, new WarningLineLogger());
+            if (dumpError is not null)
+            {
+                return Program.Fail(ExitCodes.Usage, dumpError);
+            }
+        }
+
+        try
+        {
+            return await RunAsync(unixPath, host, port, payload, settings, dump).ConfigureAwait(false);
+        }
+        finally
+        {
+            dump?.Close(TimeSpan.FromSeconds(1));
+        }
+    }
+
+    private static async Task<int> RunAsync(string? unixPath, string host, int port, byte[]? payload, ClientSettings settings, EchoKit.Internal.HexDump? dump)
+    {
         Socket socket;
         try
         {
@@ -192,10 +220,14 @@ internal static class ConnectCommand
         }
 
         Console.Error.WriteLine($"echokit: connected to {EndPointText.Format(socket.RemoteEndPoint)}");
+        long headerLength = 0;
         if (settings.Proxy is { } header)
         {
             // The PROXY header goes first, before TLS and before any byte of ours, as a balancer sends it.
-            await socket.SendAllAsync(header.For(socket)).ConfigureAwait(false);
+            byte[] bytes = header.For(socket);
+            await socket.SendAllAsync(bytes).ConfigureAwait(false);
+            dump?.Record(1, socket.RemoteEndPoint, inbound: false, 0, bytes);
+            headerLength = bytes.Length;
         }
 
         System.Net.Security.SslStream? secure = null;
@@ -219,12 +251,12 @@ internal static class ConnectCommand
             Console.Error.WriteLine(ClientTlsOptions.Describe(secure));
         }
 
-        using (var channel = new ClientChannel(socket, secure))
+        using (var channel = new ClientChannel(socket, secure) { Dump = dump, SentBefore = headerLength })
         {
             try
             {
                 return payload is null
-                    ? await InteractiveSession.RunAsync(channel, settings.RecvTimeout, settings.SendTimeout).ConfigureAwait(false)
+                    ? await InteractiveSession.RunAsync(channel, settings.RecvTimeout, settings.SendTimeout, print: settings.HexDump != "-").ConfigureAwait(false)
                     : await OneShotAsync(channel, payload, settings).ConfigureAwait(false);
             }
             catch (IOException e) when (e.InnerException is SocketException se)
@@ -257,7 +289,12 @@ internal static class ConnectCommand
         }
 
         var stdout = StandardStreams.Output;
-        stdout.WarnIfClosed("received bytes are not printed");
+        bool print = settings.HexDump != "-"; // the dump on stdout shows them
+        if (print)
+        {
+            stdout.WarnIfClosed("received bytes are not printed");
+        }
+
         var buffer = new byte[64 * 1024];
         long total = 0;
         string ending = "no data for " + Durations.Format(settings.Wait);
@@ -284,7 +321,11 @@ internal static class ConnectCommand
             }
 
             int toPrint = settings.Expect is { } e ? (int)Math.Min(received, e - total) : received;
-            stdout.Write(buffer.AsSpan(0, toPrint));
+            if (print)
+            {
+                stdout.Write(buffer.AsSpan(0, toPrint));
+            }
+
             total += received;
             if (tail is not null && EndsWithEcho(tail, ref tailLength, buffer.AsSpan(0, received), payload))
             {

@@ -9,12 +9,13 @@ namespace EchoKit.Cli;
 /// </summary>
 internal static class InteractiveSession
 {
-    public static async Task<int> RunAsync(ClientChannel channel, TimeSpan? recvTimeout, TimeSpan? sendTimeout)
+    /// <param name="print">Whether received bytes go to stdout (not when stdout carries the hex dump).</param>
+    public static async Task<int> RunAsync(ClientChannel channel, TimeSpan? recvTimeout, TimeSpan? sendTimeout, bool print = true)
     {
         // Console streams block on read; the pump gets a thread of its own so it cannot hold up the pool.
         var upload = Task.Factory.StartNew(() => PumpStdinAsync(channel, sendTimeout), CancellationToken.None,
             TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
-        var download = PumpToStdoutAsync(channel, recvTimeout);
+        var download = PumpToStdoutAsync(channel, recvTimeout, print);
 
         var first = await Task.WhenAny(upload, download).ConfigureAwait(false);
         if (first == upload && upload.IsFaulted && !download.IsCompleted)
@@ -41,15 +42,22 @@ internal static class InteractiveSession
         await channel.ShutdownSendAsync().ConfigureAwait(false);
     }
 
-    private static async Task PumpToStdoutAsync(ClientChannel channel, TimeSpan? recvTimeout)
+    private static async Task PumpToStdoutAsync(ClientChannel channel, TimeSpan? recvTimeout, bool print)
     {
         var stdout = StandardStreams.Output;
-        stdout.WarnIfClosed("received bytes are not printed");
+        if (print)
+        {
+            stdout.WarnIfClosed("received bytes are not printed");
+        }
+
         var buffer = new byte[64 * 1024];
         int received;
         while ((received = await channel.ReceiveAsync(buffer, recvTimeout, throwOnTimeout: true).ConfigureAwait(false)) > 0)
         {
-            stdout.Write(buffer.AsSpan(0, received));
+            if (print)
+            {
+                stdout.Write(buffer.AsSpan(0, received));
+            }
         }
     }
 }

@@ -118,13 +118,14 @@ internal static class ServeCommand
             HelpName = "addr:port",
         };
 
+        var hexDump = HexDumpOption.Create("of every stream connection (TCP, TLS in the clear, Unix)");
         var engine = CliOptions.Engine("Stream connections on our own epoll loops (Linux x86-64) or on .NET's Socket API; auto picks epoll where it runs");
         var loops = CliOptions.Integer("--loops", "Event loops of the epoll engine (0: one per CPU this process may use)", 0, 0, 256);
         var busyPoll = CliOptions.Duration("--busy-poll", "Epoll engine: while traffic is dense, poll this long for the next events before sleeping (fewer wake-ups, more CPU; at most 10ms; 0: sleep at once)", "50us");
 
         var command = new Command("serve", "Run the TCP echo server: greet each client, then echo every byte back.")
         {
-            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, udpReceiveBuffer, udpSendBuffer, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, logFormat, metrics, engine, loops, busyPoll.Option,
+            port, bind, family.Four, family.Six, tcp, udp, udpRate, udpLowPorts, maxDatagram, udpReceiveBuffer, udpSendBuffer, unix, unixMode, noGreeting, quiet, tag, maxConnections, idleTimeout.Option, sendTimeout.Option, shutdownTimeout.Option, logLevel, logFormat, metrics, hexDump, engine, loops, busyPoll.Option,
             configuration.ConfigOption, configuration.PrintOption,
         };
 
@@ -289,7 +290,8 @@ internal static class ServeCommand
             }
 
             var reload = new ServeReload(configuration, Reloadable);
-            return await RunAsync(options, result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json", activation, metricsAt, reload).ConfigureAwait(false);
+            var output = new OutputSettings(result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json", result.GetValue(hexDump));
+            return await RunAsync(options, output, activation, metricsAt, reload).ConfigureAwait(false);
         });
         return command;
     }
@@ -307,9 +309,47 @@ internal static class ServeCommand
             && (endPoint.AddressFamily == AddressFamily.InterNetwork || text.StartsWith('['));
     }
 
-    private static async Task<int> RunAsync(EchoServerOptions options, bool quiet, bool tag, LogLevel level, bool json, string? activation, IPEndPoint? metricsAt, ServeReload reload)
+    /// <summary>Where the server's output goes: stdout (the received bytes, unless quiet), the log, the hex dump.</summary>
+    private sealed record OutputSettings(bool Quiet, bool Tag, LogLevel Level, bool Json, string? HexDump);
+
+    private static async Task<int> RunAsync(EchoServerOptions options, OutputSettings output, string? activation, IPEndPoint? metricsAt, ServeReload reload)
     {
-        using var logger = new StderrLogger("echokit", level, json);
+        var level = output.Level;
+        bool quiet = output.Quiet || output.HexDump == "-"; // the dump on stdout shows the bytes
+        using var logger = new StderrLogger("echokit", level, output.Json);
+        Internal.HexDump? dump = null;
+        if (output.HexDump is { } dumpPath)
+        {
+            (dump, string? dumpError) = HexDumpOption.Open(dumpPath, logger);
+            if (dumpError is not null)
+            {
+                return Program.Fail(ExitCodes.CannotListen, dumpError);
+            }
+
+            options = options with { HexDump = dump };
+        }
+
+        try
+        {
+            return await RunAsync(options, output with { Quiet = quiet }, activation, metricsAt, reload, logger).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (dump is not null)
+            {
+                dump.Close(TimeSpan.FromSeconds(1));
+                if (dump.DroppedBytes > 0)
+                {
+                    logger.LogWarning("--hex-dump {Name}: {Dropped} bytes were not dumped in all (the output fell behind)", output.HexDump, dump.DroppedBytes);
+                }
+            }
+        }
+    }
+
+    private static async Task<int> RunAsync(EchoServerOptions options, OutputSettings output, string? activation, IPEndPoint? metricsAt, ServeReload reload, StderrLogger logger)
+    {
+        bool quiet = output.Quiet, tag = output.Tag;
+        var level = output.Level;
         if (activation is not null)
         {
             logger.LogInformation("{Activation}", activation);

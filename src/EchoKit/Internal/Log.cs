@@ -83,4 +83,10 @@ internal static partial class Log
         (CloseReason.Error, not SocketError.Success) => $"{reason.Describe()}: {SocketErrorText.Describe(error)}",
         _ => reason.Describe(),
     };
+
+    [LoggerMessage(23, LogLevel.Warning, "--hex-dump {Name}: the output falls behind: {Dropped} bytes not dumped so far (a '# gap' line marks where)")]
+    public static partial void HexDumpBehind(ILogger logger, string name, long dropped);
+
+    [LoggerMessage(24, LogLevel.Warning, "--hex-dump {Name}: writing failed, the dump ends here (the echo goes on): {Error}")]
+    public static partial void HexDumpFailed(ILogger logger, string name, string error);
 }

@@ -328,6 +328,8 @@ public sealed partial class ChildProcess : IAsyncDisposable
     public const int SIGINT = 2;
     public const int SIGTERM = 15;
 
+    public const int SIGKILL = 9;
+
     /// <summary>Waits for exit; returns the exit code or throws if the deadline passes.</summary>
     public async Task<int> WaitForExitAsync(TimeSpan deadline)
     {

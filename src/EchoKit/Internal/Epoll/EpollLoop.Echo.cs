@@ -50,6 +50,7 @@ internal sealed unsafe partial class EpollLoop
     private bool Echo(EpollConnection c, int n)
     {
         c.LastReceiveMs = _nowMs;
+        _dump?.Record(c.Id, c.Peer, inbound: true, c.BytesIn, new ReadOnlySpan<byte>(_bufferPointer, n));
         c.BytesIn += n;
         if (c.FinSent)
         {
@@ -210,6 +211,7 @@ internal sealed unsafe partial class EpollLoop
             nint sent = Native.Send(c.Fd, data + total, (nuint)(length - total), Native.MSG_NOSIGNAL);
             if (sent > 0)
             {
+                _dump?.Record(c.Id, c.Peer, inbound: false, c.BytesOut, new ReadOnlySpan<byte>(data + total, (int)sent));
                 c.BytesOut += sent;
                 total += (int)sent;
                 continue;

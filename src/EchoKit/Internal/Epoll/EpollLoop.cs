@@ -49,6 +49,7 @@ internal sealed unsafe partial class EpollLoop
     private readonly ConcurrentQueue<Action> _commands = new();
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TimeoutPolicy _policy; // replaced on the loop's thread (ApplyTimeouts)
+    private readonly HexDump? _dump;
     private readonly EpollStreamEngine _engine;
     private int _timeoutTickMs;
     private EpollConnection?[] _byFd = new EpollConnection?[1024];
@@ -90,6 +91,7 @@ internal sealed unsafe partial class EpollLoop
         _listenerReady = new bool[listeners.Length];
         var options = server.Options;
         SetTimeouts(new TimeoutPolicy(options.IdleTimeout, options.SendTimeout));
+        _dump = options.HexDump;
         _busyPollTicks = (long)(options.BusyPoll.TotalSeconds * Stopwatch.Frequency);
         _gapCapTicks = 16 * _busyPollTicks;
         _gapTicks = _gapCapTicks; // start asleep: poll only once traffic has shown to be dense

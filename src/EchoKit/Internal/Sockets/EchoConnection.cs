@@ -195,6 +195,7 @@ internal sealed class EchoConnection
             }
 
             Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
+            _server.Options.HexDump?.Record(Id, Peer, inbound: true, BytesIn, buffer.AsSpan(0, received));
             BytesIn += received;
             if (reader.Feed(buffer.AsSpan(0, received)) is not { } outcome)
             {
@@ -262,6 +263,7 @@ internal sealed class EchoConnection
                 }
 
                 Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
+                _server.Options.HexDump?.Record(Id, Peer, inbound: true, BytesIn, buffer.AsSpan(0, received));
                 BytesIn += received;
                 if (_finSent)
                 {
@@ -335,6 +337,7 @@ internal sealed class EchoConnection
         await stream.WriteAsync(data).ConfigureAwait(false);
         Volatile.Write(ref _sendStartedMs, 0);
         Volatile.Write(ref _lastSendProgressMs, MonotonicClock.Milliseconds);
+        _server.Options.HexDump?.Record(Id, Peer, inbound: false, BytesOut, data.Span);
         BytesOut += data.Length;
     }
 
@@ -397,6 +400,7 @@ internal sealed class EchoConnection
                     }
 
                     Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
+                    _server.Options.HexDump?.Record(Id, Peer, inbound: true, BytesIn, buffer.AsSpan(0, received));
                     BytesIn += received;
                     if (_finSent)
                     {
@@ -473,6 +477,7 @@ internal sealed class EchoConnection
                 return error;
             }
 
+            _server.Options.HexDump?.Record(Id, Peer, inbound: false, BytesOut, data.Span[..sent]);
             BytesOut += sent;
             data = data[sent..];
         }
