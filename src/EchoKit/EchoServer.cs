@@ -57,11 +57,20 @@ public sealed partial class EchoServer : IAsyncDisposable
         _admission = new AdmissionStage(this);
         // Always there, even with no rules yet: a reload may bring some (Reconfigure).
         _access = new Internal.Access.AccessStage(options.Access ?? new Internal.Access.AccessSettings(), _logger);
-        _metrics = new ServerMetrics(() => ActiveConnections);
+        _metrics = new ServerMetrics(this);
     }
 
     private readonly AdmissionStage _admission;
     private readonly ServerMetrics _metrics;
+
+    /// <summary>An accept loop backed off after a failure of its listener (EMFILE …).</summary>
+    internal void CountAcceptBackoff(System.Net.Sockets.SocketError error) => _metrics.AcceptBackoff(error);
+
+    /// <summary>The datagram services (for their counts).</summary>
+    internal IReadOnlyList<Internal.Datagrams.DatagramEchoService> DatagramServices => _datagramServices;
+
+    /// <summary>Bytes moved so far by the stream connections open now (the closed ones are counted as they close).</summary>
+    internal (long In, long Out) OpenConnectionBytes() => _engine?.OpenBytes() ?? (0, 0);
 
     /// <summary>This server's instruments (meter <c>EchoKit</c>; one per server, so that tests can tell them apart).</summary>
     internal System.Diagnostics.Metrics.Meter Meter => _metrics.Meter;
@@ -263,7 +272,7 @@ public sealed partial class EchoServer : IAsyncDisposable
             return [];
         }
 
-        _tls ??= new Internal.Tls.TlsStage(Options.Tls, _logger);
+        _tls ??= new Internal.Tls.TlsStage(Options.Tls, _logger, _metrics.TlsHandshake);
         return [_tls];
     }
 

@@ -78,8 +78,9 @@ public sealed class MetricsTests
         {
             await served.SendAsync("12345"u8.ToArray());
             await ReceiveExactlyAsync(served, 5);
-            var active = recorder.Snapshot().Where(m => m.Name == "echokit.active_connections").ToList();
-            Assert.Equal(1, Assert.Single(active).Value);
+            var open = recorder.Snapshot();
+            Assert.Equal(1, Assert.Single(open, m => m.Name == "echokit.active_connections").Value);
+            Assert.Equal(5, Assert.Single(open, m => m.Name == "echokit.bytes_received").Value); // counted while the connection is open
 
             using var busy = await ConnectAsync(port);
             Assert.StartsWith("server busy", System.Text.Encoding.ASCII.GetString(await ReceiveToEndAsync(busy)), StringComparison.Ordinal);

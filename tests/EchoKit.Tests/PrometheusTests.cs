@@ -75,6 +75,58 @@ public sealed class PrometheusTests : IDisposable
         }
     }
 
+    [Fact]
+    public async Task TLS_handshakes_datagrams_by_reason_and_the_bytes_of_open_connections_are_in_the_scrape()
+    {
+        int metricsPort = FreePort();
+        var server = ChildProcess.Start("serve", "--port", "0", "--bind", "127.0.0.1", "--quiet", "--tcp", "--udp", "--max-datagram", "10",
+            "--tls-self-signed", "--tls-port", "0", "--metrics", metricsPort.ToString(CultureInfo.InvariantCulture));
+        await using (server)
+        {
+            await server.WaitForStderrAsync("ready: serving", Deadline);
+            var listening = server.StandardErrorText.Split('\n').Where(l => l.Contains("listening on 127.0.0.1:", StringComparison.Ordinal)).ToList();
+            int port = ChildProcess.PortOf(listening.First(l => !l.Contains("TLS", StringComparison.Ordinal)));
+            int tlsPort = ChildProcess.PortOf(listening.First(l => l.Contains("TLS", StringComparison.Ordinal)));
+
+            using (var tcp = await ConnectAsync(tlsPort))
+            await using (var tls = new System.Net.Security.SslStream(new System.Net.Sockets.NetworkStream(tcp), false, (_, _, _, _) => true))
+            {
+                await tls.AuthenticateAsClientAsync("localhost");
+                await tls.ReadExactlyAsync(new byte[GreetingBytes.Length]);
+            }
+
+            using (var udp = UdpTests.UdpClient(System.Net.IPAddress.Loopback))
+            {
+                var to = new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, port);
+                await udp.SendToAsync("hi"u8.ToArray(), to);
+                Assert.NotNull(await UdpTests.ReceiveDatagramAsync(udp, TimeSpan.FromSeconds(5)));
+                await udp.SendToAsync(new byte[11], to); // over --max-datagram: dropped
+            }
+
+            using var open = await ConnectAsync(port);
+            await ReceiveExactlyAsync(open, GreetingBytes.Length);
+            await open.SendAsync(new byte[1000]);
+            await ReceiveExactlyAsync(open, 1000);
+
+            string text = "";
+            await ProcStats.WaitUntilAsync(() =>
+            {
+                text = GetAsync($"http://127.0.0.1:{metricsPort}/metrics").GetAwaiter().GetResult();
+                return text.Contains("echokit_datagrams_dropped_total{", StringComparison.Ordinal) && Value(text, "echokit_datagrams_dropped_total", "echokit_drop_reason=\"oversize\"") == 1;
+            }, Deadline, () => text);
+
+            Assert.Equal(1, Value(text, "echokit_tls_handshake_duration_seconds_count", "tls_protocol_version=\"1.3\""));
+            Assert.Equal(1, Value(text, "echokit_datagrams_echoed_total", "network_transport=\"udp\""));
+            Assert.InRange(Value(text, "echokit_bytes_received_bytes_total", ""), 1000, 1100); // the open connection's 1000 bytes, before it closes
+            var check = await ChildProcess.RunProgramAsync("promtool", TimeSpan.FromSeconds(20), System.Text.Encoding.UTF8.GetBytes(text), "check", "metrics");
+            Assert.True(check.ExitCode == 0, $"promtool: {check}\n{check.StdoutText}");
+        }
+
+        static double Value(string text, string name, string label) => double.Parse(
+            text.Split('\n').Single(l => l.StartsWith(name + "{", StringComparison.Ordinal) && l.Contains(label, StringComparison.Ordinal)).Split(' ')[^1],
+            CultureInfo.InvariantCulture);
+    }
+
     [Theory]
     [InlineData("nowhere")]
     [InlineData("127.0.0.1")]

@@ -9,7 +9,7 @@ namespace EchoKit.Internal;
 /// else (EMFILE, ENFILE, ENOBUFS, ENOMEM …) backs off from 5 ms doubling to 1 s instead of spinning, with one
 /// log line a second at most. A success resets the delay. One instance per accepting thread.
 /// </summary>
-internal sealed class AcceptBackoff(ILogger logger)
+internal sealed class AcceptBackoff(ILogger logger, Action<SocketError>? counted = null)
 {
     public static readonly TimeSpan Min = TimeSpan.FromMilliseconds(5);
     public static readonly TimeSpan Max = TimeSpan.FromSeconds(1);
@@ -29,6 +29,7 @@ internal sealed class AcceptBackoff(ILogger logger)
     /// <summary>Records a failure of the listener; returns how long to wait before accepting again.</summary>
     public TimeSpan Failed(SocketError error)
     {
+        counted?.Invoke(error);
         long now = MonotonicClock.Milliseconds;
         var delay = _delay;
         if (now - _lastLogMs >= 1000)

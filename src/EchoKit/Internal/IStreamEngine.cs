@@ -25,4 +25,7 @@ internal interface IStreamEngine
 
     /// <summary>New idle and send timeouts (a reload): they apply to every connection, open ones included.</summary>
     void ApplyTimeouts(TimeoutPolicy policy);
+
+    /// <summary>The bytes received and sent so far by the connections open now (for metrics; read without locks, on a scrape).</summary>
+    (long In, long Out) OpenBytes();
 }

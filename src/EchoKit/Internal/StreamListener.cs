@@ -175,9 +175,9 @@ internal sealed class StreamListener : IDisposable
     /// Accepts until <see cref="StopAccepting"/> (then drains the backlog) or <see cref="Dispose"/>; hands each
     /// socket to <paramref name="onAccepted"/>.
     /// </summary>
-    public async Task AcceptLoopAsync(Action<Socket> onAccepted, Action onDescriptorsExhausted)
+    public async Task AcceptLoopAsync(Action<Socket> onAccepted, Action onDescriptorsExhausted, Action<SocketError>? onBackoff = null)
     {
-        var backoff = new AcceptBackoff(_logger);
+        var backoff = new AcceptBackoff(_logger, onBackoff);
         while (!_closed)
         {
             Socket accepted;

@@ -153,6 +153,20 @@ internal sealed class DatagramPolicy
         }
     }
 
+    /// <summary>The drops so far by reason (echokit.drop_reason), for the metrics.</summary>
+    public IEnumerable<(string Reason, long Count)> Drops()
+    {
+        yield return ("low_port", Interlocked.Read(ref _droppedLowPort));
+        yield return ("rate", Interlocked.Read(ref _droppedRate));
+        yield return ("denied", Interlocked.Read(ref _droppedDenied));
+        yield return ("unbound_sender", Interlocked.Read(ref _droppedUnnamed));
+        yield return ("oversize", Interlocked.Read(ref _droppedOversize));
+        yield return ("own_address", Interlocked.Read(ref _droppedSelf));
+        yield return ("reply_too_large", Interlocked.Read(ref _droppedTooLarge));
+        yield return ("send_buffer_full", Interlocked.Read(ref _notSent));
+        yield return ("receive_queue_full", KernelDrops);
+    }
+
     public string DropCounts()
     {
         var parts = new List<string>();

@@ -86,7 +86,7 @@ internal sealed unsafe partial class EpollLoop
         _server = server;
         _engine = engine;
         _logger = logger;
-        _backoff = new AcceptBackoff(logger);
+        _backoff = new AcceptBackoff(logger, server.CountAcceptBackoff);
         _listeners = listeners;
         _listenerReady = new bool[listeners.Length];
         var options = server.Options;
@@ -132,6 +132,22 @@ internal sealed unsafe partial class EpollLoop
     public Task Exited => _exited.Task;
 
     /// <summary>Runs <paramref name="command"/> on the loop's thread; false if the loop has ended (it never will).</summary>
+    /// <summary>What this loop's connections have moved so far (read from another thread: a scrape may be a message behind).</summary>
+    public (long In, long Out) OpenBytes()
+    {
+        long bytesIn = 0, bytesOut = 0;
+        foreach (var c in _byFd)
+        {
+            if (c is not null)
+            {
+                bytesIn += c.BytesIn;
+                bytesOut += c.BytesOut;
+            }
+        }
+
+        return (bytesIn, bytesOut);
+    }
+
     /// <summary>New timeouts (a reload), taken by the loop between events; the next tick comes by the new interval.</summary>
     public void ApplyTimeouts(TimeoutPolicy policy) => _ = Post(() =>
     {

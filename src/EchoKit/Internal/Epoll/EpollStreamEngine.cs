@@ -77,6 +77,29 @@ internal sealed class EpollStreamEngine(EchoServer server, ILogger logger, IRead
         }
     }
 
+    public (long In, long Out) OpenBytes()
+    {
+        long bytesIn = 0, bytesOut = 0;
+        foreach (var loop in _loops)
+        {
+            var (i, o) = loop.OpenBytes();
+            bytesIn += i;
+            bytesOut += o;
+        }
+
+        lock (_wrappedGate)
+        {
+            if (_wrapped is { } wrapped)
+            {
+                var (i, o) = wrapped.OpenBytes();
+                bytesIn += i;
+                bytesOut += o;
+            }
+        }
+
+        return (bytesIn, bytesOut);
+    }
+
     public Task StopAcceptingAsync() => Task.WhenAll(_loops.Select(l => l.StopAcceptingAsync()));
 
     public async Task<int> DrainAsync(long deadlineMs, long quietMs)

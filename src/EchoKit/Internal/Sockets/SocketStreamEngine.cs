@@ -26,7 +26,7 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
 
         foreach (var listener in listeners)
         {
-            _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(socket => OnAccepted(socket, listener.StreamStages), server.OnDescriptorsExhausted)));
+            _acceptLoops.Add(Task.Run(() => listener.AcceptLoopAsync(socket => OnAccepted(socket, listener.StreamStages), server.OnDescriptorsExhausted, server.CountAcceptBackoff)));
         }
     }
 
@@ -37,6 +37,18 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
             _heartbeat?.Dispose();
             _heartbeat = policy.Any && !_stopped ? new ConnectionHeartbeat(policy, () => _connections.Values) : null;
         }
+    }
+
+    public (long In, long Out) OpenBytes()
+    {
+        long bytesIn = 0, bytesOut = 0;
+        foreach (var connection in _connections.Values)
+        {
+            bytesIn += connection.BytesIn;
+            bytesOut += connection.BytesOut;
+        }
+
+        return (bytesIn, bytesOut);
     }
 
     public async Task StopAcceptingAsync()

@@ -28,10 +28,14 @@ internal sealed class TlsStage : IStreamStage
     private readonly SemaphoreSlim _handshakes;
     private volatile SslStreamCertificateContext _context;
 
-    public TlsStage(TlsSettings settings, ILogger logger)
+    private readonly Action<TimeSpan, string?, string?>? _handshakeDone;
+
+    /// <param name="handshakeDone">Each handshake's duration, with its protocol (null: failed) and why it failed.</param>
+    public TlsStage(TlsSettings settings, ILogger logger, Action<TimeSpan, string?, string?>? handshakeDone = null)
     {
         _settings = settings;
         _logger = logger;
+        _handshakeDone = handshakeDone;
         _handshakes = new SemaphoreSlim(settings.MaxHandshakes);
         (_context, Leaf) = settings.Certificate.Load(settings.ClientCertificateAuthorities);
     }
@@ -85,20 +89,25 @@ internal sealed class TlsStage : IStreamStage
                 CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
                 RemoteCertificateValidationCallback = (_, certificate, _, _) => CheckClient(certificate, out refusal),
             };
+            long started = System.Diagnostics.Stopwatch.GetTimestamp();
             try
             {
                 await ssl.AuthenticateAsServerAsync(options, cancellationToken).ConfigureAwait(false);
             }
             catch (AuthenticationException e)
             {
+                _handshakeDone?.Invoke(System.Diagnostics.Stopwatch.GetElapsedTime(started), null, refusal is null ? "handshake_failed" : "client_certificate");
                 await ssl.DisposeAsync().ConfigureAwait(false);
                 throw new IOException(refusal ?? $"TLS handshake failed: {TlsText.Innermost(e)}");
             }
-            catch
+            catch (Exception e)
             {
+                _handshakeDone?.Invoke(System.Diagnostics.Stopwatch.GetElapsedTime(started), null, e is OperationCanceledException ? "timeout" : "closed");
                 await ssl.DisposeAsync().ConfigureAwait(false);
                 throw;
             }
+
+            _handshakeDone?.Invoke(System.Diagnostics.Stopwatch.GetElapsedTime(started), TlsText.Protocol(ssl.SslProtocol), null);
 
             string client = ssl.RemoteCertificate is { } presented
                 ? $", client certificate \"{presented.Subject}\" sha256 {TlsText.Fingerprint(presented)}"
