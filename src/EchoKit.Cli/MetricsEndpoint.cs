@@ -81,4 +81,40 @@ internal sealed class MetricsEndpoint : IDisposable
     }
 
     public void Dispose() => _provider.Dispose();
+
+    /// <summary>
+    /// Standard OpenTelemetry export: with <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> (or <c>…_METRICS_ENDPOINT</c>) set, the
+    /// meter is pushed there by the OTLP exporter, which reads the other <c>OTEL_*</c> variables itself (protocol,
+    /// headers, <c>OTEL_METRIC_EXPORT_INTERVAL</c>). Null when neither is set; a collector that is down costs a
+    /// failed export now and then, never the server.
+    /// </summary>
+    public static (IDisposable? Exporter, string? Description, string? Error) StartOtlp()
+    {
+        string? endpoint = Environment.GetEnvironmentVariable("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") is { Length: > 0 } metrics ? metrics
+            : Environment.GetEnvironmentVariable("OTEL_EXPORTER_OTLP_ENDPOINT") is { Length: > 0 } all ? all : null;
+        if (endpoint is null)
+        {
+            return (null, null, null);
+        }
+
+        if (!Uri.TryCreate(endpoint, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
+        {
+            return (null, null, $"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}: not an http:// or https:// URL");
+        }
+
+        try
+        {
+            var provider = Sdk.CreateMeterProviderBuilder()
+                .ConfigureResource(r => r.AddService("echokit"))
+                .AddMeter(Internal.ServerMetrics.MeterName)
+                .AddOtlpExporter()
+                .Build();
+            string protocol = Environment.GetEnvironmentVariable("OTEL_EXPORTER_OTLP_PROTOCOL") is { Length: > 0 } p ? p : "grpc";
+            return (provider, $"exporting metrics over OTLP ({protocol}) to {endpoint}", null);
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or NotSupportedException)
+        {
+            return (null, null, $"OTLP export: {e.Message}");
+        }
+    }
 }

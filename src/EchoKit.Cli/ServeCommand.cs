@@ -383,6 +383,23 @@ internal static class ServeCommand
             logger.WriteAnyway(LogLevel.Information, 1, $"listening on {metricsEndpoint.Url} (Prometheus metrics)");
         }
 
+        var (otlp, otlpDescription, otlpError) = MetricsEndpoint.StartOtlp();
+        using var otlpExporter = otlp;
+        if (otlpError is not null)
+        {
+            if (sink is not null)
+            {
+                await sink.DisposeAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
+            }
+
+            return Program.Fail(ExitCodes.Usage, otlpError);
+        }
+
+        if (otlpDescription is not null)
+        {
+            logger.LogInformation("{Otlp}", otlpDescription);
+        }
+
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         int signals = 0;
 

@@ -1,3 +1,4 @@
+using System.Net;
 using System.Globalization;
 using System.Net.Http;
 using System.Text.Json;
@@ -125,6 +126,60 @@ public sealed class PrometheusTests : IDisposable
         static double Value(string text, string name, string label) => double.Parse(
             text.Split('\n').Single(l => l.StartsWith(name + "{", StringComparison.Ordinal) && l.Contains(label, StringComparison.Ordinal)).Split(' ')[^1],
             CultureInfo.InvariantCulture);
+    }
+
+    [Fact]
+    public async Task With_OTEL_EXPORTER_OTLP_ENDPOINT_the_metrics_are_pushed_over_OTLP()
+    {
+        // A collector of our own: the OTLP/HTTP receiver's one endpoint, taking protobuf.
+        int collectorPort = FreePort();
+        using var collector = new HttpListener();
+        collector.Prefixes.Add($"http://127.0.0.1:{collectorPort}/");
+        collector.Start();
+        var received = new TaskCompletionSource<(string Path, string ContentType, byte[] Body)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _ = Task.Run(async () =>
+        {
+            while (!received.Task.IsCompleted)
+            {
+                var context = await collector.GetContextAsync();
+                using var body = new MemoryStream();
+                await context.Request.InputStream.CopyToAsync(body);
+                context.Response.StatusCode = 200;
+                context.Response.Close();
+                received.TrySetResult((context.Request.Url!.AbsolutePath, context.Request.ContentType ?? "", body.ToArray()));
+            }
+        });
+
+        string[] command = ChildProcess.Echokit("serve", "--port", "0", "--quiet");
+        await using var server = ChildProcess.StartProgram("env", [$"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{collectorPort}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", "OTEL_METRIC_EXPORT_INTERVAL=200", .. command]);
+        await server.WaitForStderrAsync("ready: serving", Deadline);
+        Assert.Contains($"exporting metrics over OTLP (http/protobuf) to http://127.0.0.1:{collectorPort}", server.StandardErrorText, StringComparison.Ordinal);
+
+        var (path, contentType, bytes) = await received.Task.WaitAsync(Deadline);
+        Assert.Equal("/v1/metrics", path);
+        Assert.Equal("application/x-protobuf", contentType);
+        string text = System.Text.Encoding.UTF8.GetString(bytes); // protobuf keeps strings as UTF-8
+        Assert.Contains("echokit.active_connections", text, StringComparison.Ordinal);
+        Assert.Contains("service.name", text, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Dotnet_counters_shows_the_EchoKit_meter()
+    {
+        string tool = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".dotnet", "tools", "dotnet-counters");
+        Assert.SkipUnless(File.Exists(tool), "dotnet-counters is not installed (.ci/run installs it: dotnet tool install -g dotnet-counters)");
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet");
+        await using (server)
+        {
+            using var held = await ConnectAsync(port);
+            await ReceiveExactlyAsync(held, GreetingBytes.Length);
+            string csv = Path.Combine(_dir.FullName, "counters.csv");
+            var collect = await ChildProcess.RunProgramAsync(tool, TimeSpan.FromSeconds(60), null,
+                "collect", "-p", server.Pid.ToString(CultureInfo.InvariantCulture), "--counters", "EchoKit", "--format", "csv", "-o", csv, "--duration", "00:00:03");
+            Assert.True(collect.ExitCode == 0, collect.ToString() + collect.StdoutText);
+            Assert.Contains(File.ReadAllLines(csv), l => l.Contains(",EchoKit,echokit.active_connections", StringComparison.Ordinal) && l.EndsWith(",1", StringComparison.Ordinal));
+        }
     }
 
     [Theory]
