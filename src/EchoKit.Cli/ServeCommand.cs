@@ -118,7 +118,7 @@ internal static class ServeCommand
             HelpName = "addr:port",
         };
 
-        var hexDump = HexDumpOption.Create("of every stream connection (TCP, TLS in the clear, Unix)");
+        var hexDump = HexDumpOption.Create("of every connection (TLS in the clear) and datagram");
         var engine = CliOptions.Engine("Stream connections on our own epoll loops (Linux x86-64) or on .NET's Socket API; auto picks epoll where it runs");
         var loops = CliOptions.Integer("--loops", "Event loops of the epoll engine (0: one per CPU this process may use)", 0, 0, 256);
         var busyPoll = CliOptions.Duration("--busy-poll", "Epoll engine: while traffic is dense, poll this long for the next events before sleeping (fewer wake-ups, more CPU; at most 10ms; 0: sleep at once)", "50us");

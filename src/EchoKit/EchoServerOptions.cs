@@ -111,7 +111,7 @@ public sealed record EchoServerOptions
     /// <summary>Who may connect or send datagrams (--allow/--deny, --max-per-address, --allow-uid/--allow-gid); null: anyone.</summary>
     internal Internal.Access.AccessSettings? Access { get; init; }
 
-    /// <summary>--hex-dump: every byte of every stream connection, each way, as text2pcap reads it (null: off).</summary>
+    /// <summary>--hex-dump: every byte of every connection and datagram, each way, as text2pcap reads it (null: off).</summary>
     internal Internal.HexDump? HexDump { get; init; }
 
     /// <summary>A TCP port that answers "ok" while the server serves (closed first at the stop); null: none, 0: the OS chooses.</summary>

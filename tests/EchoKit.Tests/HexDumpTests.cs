@@ -15,7 +15,7 @@ public sealed partial class HexDumpTests : IDisposable
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
-    [GeneratedRegex(@"^([IO]) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}) 000000 ((?:[0-9a-f]{2} )+) *\s\|[^\n]*\| conn=(\d+) peer=(\S+) offset=(\d+)$")]
+    [GeneratedRegex(@"^([IO]) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}) ([0-9a-f]{6}) ((?:[0-9a-f]{2} )+) *\s\|[^\n]*\| conn=(\d+) peer=(\S+) offset=(\d+)$")]
     private static partial Regex Line();
 
     /// <summary>The bytes of each (connection, direction), put back together from the lines, checking that the offsets run on.</summary>
@@ -32,17 +32,24 @@ public sealed partial class HexDumpTests : IDisposable
 
             var match = Line().Match(line);
             Assert.True(match.Success, $"not a dump line: {line}");
-            var key = (long.Parse(match.Groups[4].Value, CultureInfo.InvariantCulture), match.Groups[1].Value[0]);
-            var bytes = Convert.FromHexString(match.Groups[3].Value.Replace(" ", "", StringComparison.Ordinal));
+            var key = (long.Parse(match.Groups[5].Value, CultureInfo.InvariantCulture), match.Groups[1].Value[0]);
+            var bytes = Convert.FromHexString(match.Groups[4].Value.Replace(" ", "", StringComparison.Ordinal));
             Assert.InRange(bytes.Length, 1, 16);
+            long offset = long.Parse(match.Groups[7].Value, CultureInfo.InvariantCulture);
+            // text2pcap's offset: 0 on every line of a stream (each stands alone), running on within a datagram.
+            Assert.Equal(key.Item1 == 0 ? offset : 0, Convert.ToInt64(match.Groups[3].Value, 16));
             if (!streams.TryGetValue(key, out var stream))
             {
                 streams[key] = stream = new MemoryStream();
             }
 
-            Assert.Equal(stream.Length, long.Parse(match.Groups[6].Value, CultureInfo.InvariantCulture));
+            if (key.Item1 != 0)
+            {
+                Assert.Equal(stream.Length, offset); // a datagram's offset starts again at 0
+            }
+
             stream.Write(bytes);
-            peers.Add(match.Groups[5].Value);
+            peers.Add(match.Groups[6].Value);
         }
 
         return streams;
@@ -88,6 +95,34 @@ public sealed partial class HexDumpTests : IDisposable
             .GroupBy(f => f[0]).ToDictionary(g => g.Key, g => g.Sum(f => int.Parse(f[1], CultureInfo.InvariantCulture)));
         Assert.Equal(payload.Length, lengths["40000"]);
         Assert.Equal(GreetingBytes.Length + payload.Length, lengths["8888"]);
+    }
+
+    [Theory]
+    [InlineData("epoll")]
+    [InlineData("socket")]
+    public async Task Serve_dumps_datagrams_as_connection_0_with_their_sender(string engine)
+    {
+        string path = Path.Combine(_directory, "udp.dump");
+        byte[] datagram = AllByteValues()[..40];
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--udp", "--bind", "127.0.0.1", "--engine", engine, "--hex-dump", path);
+        string sender;
+        await using (server)
+        {
+            using (var udp = UdpTests.UdpClient(IPAddress.Loopback))
+            {
+                sender = udp.LocalEndPoint!.ToString()!;
+                await udp.SendToAsync(datagram, new IPEndPoint(IPAddress.Loopback, port));
+                Assert.Equal(datagram, await UdpTests.ReceiveDatagramAsync(udp, ExitDeadline));
+            }
+
+            server.Signal(ChildProcess.SIGTERM);
+            Assert.Equal(0, await server.WaitForExitAsync(ExitDeadline));
+        }
+
+        var streams = Streams(File.ReadAllText(path), out var peers);
+        Assert.Equal(datagram, streams[(0, 'I')].ToArray());
+        Assert.Equal(datagram, streams[(0, 'O')].ToArray());
+        Assert.All(peers, p => Assert.Equal(sender, p));
     }
 
     [Fact]

@@ -17,6 +17,7 @@ namespace EchoKit.Internal;
 /// The engines hand chunks over without waiting: a writer thread formats and writes them. Chunks queued past
 /// <see cref="MaxQueuedBytes"/> (a slow disk, a stalled pipe) are dropped, counted, and shown in the dump as a
 /// "# gap" line once writing catches up; a write that fails ends the dump (one warning) and never the server.
+/// Datagrams are connection 0, and the lines of one datagram are one text2pcap packet (offsets 000000, 000010 …).
 /// </summary>
 internal sealed class HexDump : IDisposable
 {
@@ -37,7 +38,7 @@ internal sealed class HexDump : IDisposable
     private long _lastWarningMs = long.MinValue / 2;
     private volatile bool _failed;
 
-    private readonly record struct Chunk(long Id, string Peer, bool Inbound, DateTime Time, long Offset, byte[]? Bytes, string? Note);
+    private readonly record struct Chunk(long Id, string Peer, bool Inbound, DateTime Time, long Offset, byte[]? Bytes, string? Note, bool Datagram = false);
 
     /// <param name="output">Where the lines go (a file, or stdout); disposed with the dump unless <paramref name="leaveOpen"/>.</param>
     /// <param name="name">The file's name, for log lines.</param>
@@ -60,11 +61,48 @@ internal sealed class HexDump : IDisposable
     /// <summary>A chunk received from (<paramref name="inbound"/>) or sent to a connection's peer; never blocks.</summary>
     public void Record(long id, EndPoint? peer, bool inbound, long offset, ReadOnlySpan<byte> bytes)
     {
-        if (bytes.IsEmpty)
+        if (!bytes.IsEmpty)
         {
-            return;
+            Enqueue(id, peer is null ? "unix" : EndPointText.Format(peer), inbound, offset, bytes, datagram: false);
+        }
+    }
+
+    /// <summary>
+    /// A datagram from or to <paramref name="sockaddr"/> (as the kernel gives it): connection 0, and its lines one
+    /// packet for text2pcap (their offsets run on within the datagram, so -u makes it one UDP datagram again).
+    /// </summary>
+    public void RecordDatagram(ReadOnlySpan<byte> sockaddr, bool inbound, ReadOnlySpan<byte> bytes)
+    {
+        if (!bytes.IsEmpty)
+        {
+            Enqueue(0, PeerOf(sockaddr), inbound, 0, bytes, datagram: true);
+        }
+    }
+
+    /// <summary>"1.2.3.4:5", "[::1]:5" (IPv4-mapped written as IPv4), or "unix", from a sockaddr.</summary>
+    private static string PeerOf(ReadOnlySpan<byte> sockaddr)
+    {
+        if (sockaddr.Length < 2)
+        {
+            return "unix";
         }
 
+        int family = BitConverter.ToUInt16(sockaddr);
+        if (family == 2 && sockaddr.Length >= 8)
+        {
+            return EndPointText.Format(new IPEndPoint(new IPAddress(sockaddr.Slice(4, 4)), (sockaddr[2] << 8) | sockaddr[3]));
+        }
+
+        if (family == 10 && sockaddr.Length >= 24)
+        {
+            return EndPointText.Format(new IPEndPoint(new IPAddress(sockaddr.Slice(8, 16)), (sockaddr[2] << 8) | sockaddr[3]));
+        }
+
+        return "unix";
+    }
+
+    private void Enqueue(long id, string peer, bool inbound, long offset, ReadOnlySpan<byte> bytes, bool datagram)
+    {
         int cost = bytes.Length + ChunkOverhead;
         if (_failed || Interlocked.Add(ref _queuedBytes, cost) > MaxQueuedBytes)
         {
@@ -88,7 +126,7 @@ internal sealed class HexDump : IDisposable
                 $"# gap: {dropped} bytes in {chunks} chunks not dumped (the output fell {MaxQueuedBytes >> 20} MiB behind); each line's offset= says where it is"));
         }
 
-        TryAdd(new Chunk(id, peer is null ? "unix" : EndPointText.Format(peer), inbound, DateTime.UtcNow, offset, bytes.ToArray(), null));
+        TryAdd(new Chunk(id, peer, inbound, DateTime.UtcNow, offset, bytes.ToArray(), null, datagram));
     }
 
     private void TryAdd(Chunk chunk)
@@ -187,7 +225,8 @@ internal sealed class HexDump : IDisposable
         line.Clear();
         line.Append(chunk.Inbound ? 'I' : 'O').Append(' ');
         line.Append(chunk.Time.ToString("yyyy-MM-dd'T'HH:mm:ss.ffffff", CultureInfo.InvariantCulture));
-        line.Append(" 000000");
+        // A stream's lines stand alone (grep one connection); a datagram's lines make one packet.
+        line.Append(' ').Append((chunk.Datagram ? start : 0).ToString("x6", CultureInfo.InvariantCulture));
         for (int i = 0; i < BytesPerLine; i++)
         {
             if (i < count)

@@ -168,7 +168,17 @@ internal sealed unsafe class BatchedDatagramLoop
                     WriteToSink(buffers, data, replies, answering);
                 }
 
+                var dump = _policy.Dump;
+                if (dump is not null)
+                {
+                    Dump(dump, replies, answering, inbound: true);
+                }
+
                 Reply(fd, replies, answering);
+                if (dump is not null)
+                {
+                    Dump(dump, replies, answering, inbound: false);
+                }
             }
         }
     }
@@ -214,6 +224,19 @@ internal sealed unsafe class BatchedDatagramLoop
         }
 
         Volatile.Write(ref _echoed, _echoed + echoed); // this thread is the only writer
+    }
+
+    /// <summary>The batch's datagrams (inbound), or the replies the kernel took (outbound: the ones not marked in Flags).</summary>
+    private static void Dump(HexDump dump, MMsgHdr* replies, int count, bool inbound)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            if (inbound || replies[i].Flags == 0)
+            {
+                dump.RecordDatagram(new ReadOnlySpan<byte>(replies[i].Name, (int)replies[i].NameLength), inbound,
+                    new ReadOnlySpan<byte>(replies[i].Iov->Base, (int)replies[i].Iov->Length));
+            }
+        }
     }
 
     private void WriteToSink(byte[] buffers, byte* data, MMsgHdr* replies, int count)

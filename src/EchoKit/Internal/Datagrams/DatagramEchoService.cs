@@ -300,11 +300,14 @@ internal sealed class DatagramEchoService : IDisposable
             await _sink.WriteAsync(0, buffer.AsMemory(0, received)).ConfigureAwait(false); // before the reply, as the batched loops do
         }
 
+        _policy.Dump?.RecordDatagram(from.Buffer.Span[..from.Size], inbound: true, buffer.AsSpan(0, received));
+
         // Non-blocking: a full send buffer drops the reply, which UDP allows, rather than stalling the loop.
         try
         {
             socket.SendTo(buffer.AsSpan(0, received), SocketFlags.None, from);
             Interlocked.Increment(ref _asyncEchoed);
+            _policy.Dump?.RecordDatagram(from.Buffer.Span[..from.Size], inbound: false, buffer.AsSpan(0, received));
         }
         catch (SocketException e) when (e.SocketErrorCode == SocketError.MessageSize)
         {

@@ -45,6 +45,9 @@ internal sealed class DatagramPolicy
         _own = new OwnAddress(local);
     }
 
+    /// <summary>--hex-dump (null: off).</summary>
+    public HexDump? Dump => _options.HexDump;
+
     /// <summary>A new --udp-rate (a reload): every source starts with a full bucket of it.</summary>
     public void ApplyRate(int perSecond) => _rates = !_isUnix && perSecond > 0 ? new SourceRateTable(perSecond) : null;
 
