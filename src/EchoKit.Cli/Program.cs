@@ -65,6 +65,11 @@ namespace EchoKit.Cli
                     return Fail(ExitCodes.Usage, error);
                 }
 
+                foreach (string unknown in layered!.Unknown)
+                {
+                    Console.Error.WriteLine($"echokit: warning: {unknown}");
+                }
+
                 if (parsed.GetValue(configuration.PrintOption))
                 {
                     Console.Out.Write(ServeConfiguration.Print(layered!.Settings));

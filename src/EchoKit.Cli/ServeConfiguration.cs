@@ -39,7 +39,11 @@ internal sealed class ServeConfiguration(string[] args)
     }
 
     /// <summary>The layered parse: the settings in force (every serve option, in order) and the result to run with.</summary>
-    public sealed record Layered(ParseResult Result, IReadOnlyList<Setting> Settings);
+    public sealed record Layered(ParseResult Result, IReadOnlyList<Setting> Settings)
+    {
+        /// <summary>ECHOKIT_* variables that name no setting (a typo, most likely): worth a warning, not an error.</summary>
+        public IReadOnlyList<string> Unknown { get; init; } = [];
+    }
 
     /// <summary>
     /// Reads the file and the environment again and parses them under the command line. A
@@ -60,6 +64,7 @@ internal sealed class ServeConfiguration(string[] args)
 
         var byVariable = Keyed(serve).ToDictionary(k => VariableOf(k.Key), k => k.Option, StringComparer.Ordinal);
         var fromEnvironment = new Dictionary<Option, (List<string> Values, string Source)>();
+        var unknown = new List<string>();
         foreach (DictionaryEntry entry in environment ?? Environment.GetEnvironmentVariables())
         {
             if (entry.Key is not string name || !name.StartsWith(EnvironmentPrefix, StringComparison.Ordinal) || entry.Value is not string text)
@@ -69,7 +74,11 @@ internal sealed class ServeConfiguration(string[] args)
 
             if (!byVariable.TryGetValue(name, out var option))
             {
-                continue; // not ours to judge: ECHOKIT_* may mean something to another tool or script
+                string nearest = byVariable.Keys.MinBy(k => CommandLineHabits.Distance(k, name))!;
+                unknown.Add(CommandLineHabits.Distance(nearest, name) <= 2
+                    ? $"{Printable(name)} is not a setting (did you mean {nearest}?); ignored"
+                    : $"{Printable(name)} is not a setting of serve; ignored");
+                continue;
             }
 
             var values = option.ValueType.IsArray
@@ -123,7 +132,7 @@ internal sealed class ServeConfiguration(string[] args)
 
         if (tokens.Count == 0)
         {
-            return (new Layered(parsed, settings), null);
+            return (new Layered(parsed, settings) { Unknown = unknown }, null);
         }
 
         var layered = Root!.Parse([.. args.Take(1), .. tokens, .. args.Skip(1)]);
@@ -132,7 +141,7 @@ internal sealed class ServeConfiguration(string[] args)
             return (null, $"the settings from {Sources(settings)} do not go together: {layered.Errors[0].Message.TrimEnd('.')}");
         }
 
-        return (new Layered(layered, settings), null);
+        return (new Layered(layered, settings) { Unknown = unknown }, null);
     }
 
     /// <summary>What <c>--print-config</c> writes: a file <c>--config</c> reads back, each line saying where its value came from.</summary>
