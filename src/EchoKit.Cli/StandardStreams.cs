@@ -18,13 +18,6 @@ namespace EchoKit.Cli;
 /// </summary>
 internal static class StandardStreams
 {
-    private const int F_GETFD = 1;
-    private const int F_GETFL = 3;
-    private const int FD_CLOEXEC = 1;
-    private const int O_ACCMODE = 3;
-    private const int O_RDONLY = 0;
-    private const int O_WRONLY = 1;
-    private const int O_RDWR = 2;
 
     private static GuardedOutput? s_output;
 
@@ -84,23 +77,20 @@ internal static class StandardStreams
     {
         try
         {
-            int fdFlags = Fcntl(fd, F_GETFD);
-            if (fdFlags < 0 || (fdFlags & FD_CLOEXEC) != 0)
+            int fdFlags = Fcntl.Call(fd, Fcntl.F_GETFD);
+            if (fdFlags < 0 || (fdFlags & Fcntl.FD_CLOEXEC) != 0)
             {
                 return false; // closed, or the runtime's own descriptor
             }
 
-            int mode = Fcntl(fd, F_GETFL) & O_ACCMODE;
-            return mode == O_RDWR || mode == (write ? O_WRONLY : O_RDONLY);
+            int mode = Fcntl.Call(fd, Fcntl.F_GETFL) & Fcntl.O_ACCMODE;
+            return mode == Fcntl.O_RDWR || mode == (write ? Fcntl.O_WRONLY : Fcntl.O_RDONLY);
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {
             return true;
         }
     }
-
-    [DllImport("libc", EntryPoint = "fcntl", SetLastError = true)]
-    private static extern int Fcntl(int fd, int command);
 
     /// <summary>A TextWriter that never throws: stderr failing is no reason for anything else to fail.</summary>
     private sealed class SafeWriter(TextWriter inner) : TextWriter

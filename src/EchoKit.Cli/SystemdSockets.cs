@@ -17,8 +17,6 @@ internal static class SystemdSockets
     private const int FirstDescriptor = 3;
     private const int SolSocket = 1;
     private const int SoAcceptConn = 30;
-    private const int FSetFd = 2;
-    private const int FdCloexec = 1;
 
     /// <summary>The sockets passed (null: no socket activation for this process), or the one-line reason they cannot be served.</summary>
     public static (IReadOnlyList<Socket>? Sockets, string? Names, string? Error) Take()
@@ -56,7 +54,7 @@ internal static class SystemdSockets
                 return (null, null, $"socket activation: descriptor {fd} (of LISTEN_FDS={count}) {problem}");
             }
 
-            _ = Fcntl(fd, FSetFd, FdCloexec);
+            _ = Fcntl.Call(fd, Fcntl.F_SETFD, Fcntl.FD_CLOEXEC);
             sockets.Add(new Socket(new SafeSocketHandle(fd, ownsHandle: true)));
         }
 
@@ -95,7 +93,4 @@ internal static class SystemdSockets
 
     [DllImport("libc", EntryPoint = "getsockopt", SetLastError = true)]
     private static extern int GetSockOpt(int fd, int level, int name, ref int value, ref uint length);
-
-    [DllImport("libc", EntryPoint = "fcntl", SetLastError = true)]
-    private static extern int Fcntl(int fd, int command, int argument);
 }
