@@ -270,15 +270,21 @@ internal static class ServeCommand
                 : $"socket activation: serving the {inherited.Count} socket{(inherited.Count == 1 ? "" : "s")} systemd passed"
                     + (inheritedNames is { Length: > 0 } ? $" ({inheritedNames.Replace(':', ',')})" : "") + " instead of binding";
             // What a reload (SIGHUP) may change, read from the configuration read again.
-            (EchoServerOptions? Options, LogLevel Level, string? Error) Reloadable(ParseResult again)
+            ServeReload.Reloaded Reloadable(ParseResult again)
             {
                 var (reloadedAccess, usage, error) = access.Read(again, unixPath is not null);
                 if ((usage ?? error) is { } why)
                 {
-                    return (null, default, why);
+                    return new ServeReload.Reloaded(null, default, null, why);
                 }
 
-                return (new EchoServerOptions
+                var (reloadedTls, tlsUsageAgain, tlsErrorAgain) = tls.Read(again, servesTcp, unixPath is not null, ServeTlsOptions.SelfSignedNames(addresses));
+                if ((tlsUsageAgain ?? tlsErrorAgain) is { } tlsWhy)
+                {
+                    return new ServeReload.Reloaded(null, default, null, tlsWhy);
+                }
+
+                return new ServeReload.Reloaded(new EchoServerOptions
                 {
                     MaxConnections = again.GetValue(maxConnections),
                     IdleTimeout = idleTimeout.Get(again)!.Value,
@@ -286,7 +292,7 @@ internal static class ServeCommand
                     ShutdownTimeout = shutdownTimeout.Get(again)!.Value,
                     UdpRate = again.GetValue(udpRate),
                     Access = reloadedAccess,
-                }, again.GetValue(logLevel), null);
+                }, again.GetValue(logLevel), reloadedTls, null);
             }
 
             var reload = new ServeReload(configuration, Reloadable);
@@ -426,20 +432,6 @@ internal static class ServeCommand
         {
             context.Cancel = true;
             reload.Run(server, logger);
-            if (options.Tls is null)
-            {
-                return;
-            }
-
-            try
-            {
-                server.ReloadTls();
-                logger.LogInformation("SIGHUP: TLS certificate reloaded for new handshakes: {Certificate}", Describe(server.TlsCertificate!));
-            }
-            catch (TlsConfigurationException e)
-            {
-                logger.LogError("SIGHUP: TLS certificate not reloaded, the old one stays: {Error}", e.Message);
-            }
         });
         try
         {
@@ -496,7 +488,7 @@ internal static class ServeCommand
         return ExitCodes.Ok;
     }
 
-    private static string Describe(System.Security.Cryptography.X509Certificates.X509Certificate2 certificate) =>
+    internal static string Describe(System.Security.Cryptography.X509Certificates.X509Certificate2 certificate) =>
         $"\"{certificate.Subject}\" sha256 {TlsText.Fingerprint(certificate)}, valid until {certificate.NotAfter.ToUniversalTime():yyyy-MM-dd HH:mm} UTC";
 
     private static string DirectoryOf(UnixDomainSocketEndPoint unix) =>

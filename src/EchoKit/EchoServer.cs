@@ -283,7 +283,8 @@ public sealed partial class EchoServer : IAsyncDisposable
     /// Loads the TLS certificate and key again (SIGHUP) for new handshakes; established connections keep theirs.
     /// A file that does not load leaves the old certificate in place: the exception says why.
     /// </summary>
-    internal void ReloadTls() => _tls?.Reload();
+    /// <summary>The certificate loaded again from its files, or from those of <paramref name="next"/>; throws <see cref="Internal.Tls.TlsConfigurationException"/> and keeps the old one when it cannot.</summary>
+    internal void ReloadTls(Internal.Tls.TlsSettings? next = null) => _tls?.Reload(next);
 
     /// <summary>
     /// A reload (SIGHUP): what can change without dropping a connection is taken from <paramref name="next"/>: the

@@ -185,6 +185,44 @@ public sealed class TlsServeTests : IDisposable
     }
 
     [Fact]
+    public async Task A_reload_whose_config_names_another_certificate_serves_it_and_a_self_signed_one_is_kept()
+    {
+        string config = _pki.Path("serve.conf");
+        File.WriteAllText(config, $"tls-cert = {_pki.Path("server.pem")}\ntls-key = {_pki.Path("server.key")}\n");
+        var (server, port) = await ChildProcess.StartServerAsync("--quiet", "--config", config);
+        await using (server)
+        {
+            using (var before = await TlsClientAsync(port, null))
+            {
+                Assert.Equal(_pki.Fingerprint("server.pem"), Fingerprint(before.RemoteCertificate!));
+            }
+
+            File.WriteAllText(config, $"tls-cert = {_pki.Path("server2.pem")}\ntls-key = {_pki.Path("server2.key")}\n");
+            server.Signal(1); // SIGHUP
+            string line = await server.WaitForStderrAsync("SIGHUP: configuration reloaded", Deadline);
+            Assert.Contains($"tls-cert {_pki.Path("server.pem")} -> {_pki.Path("server2.pem")}", line, StringComparison.Ordinal);
+            using var after = await TlsClientAsync(port, null);
+            Assert.Equal(_pki.Fingerprint("server2.pem"), Fingerprint(after.RemoteCertificate!));
+        }
+
+        // A self-signed certificate made at start stays what clients pinned: a reload does not make another.
+        var (selfSigned, selfPort) = await ChildProcess.StartServerAsync("--quiet", "--tls-self-signed");
+        await using (selfSigned)
+        {
+            string first;
+            using (var client = await TlsClientAsync(selfPort, null, validate: false))
+            {
+                first = Fingerprint(client.RemoteCertificate!);
+            }
+
+            selfSigned.Signal(1);
+            await selfSigned.WaitForStderrAsync("SIGHUP: configuration reloaded", Deadline);
+            using var again = await TlsClientAsync(selfPort, null, validate: false);
+            Assert.Equal(first, Fingerprint(again.RemoteCertificate!));
+        }
+    }
+
+    [Fact]
     public async Task Sighup_rotates_the_certificate_for_new_handshakes_keeps_live_connections_and_keeps_the_old_on_a_bad_file()
     {
         string cert = _pki.Path("live.pem"), key = _pki.Path("live.key");

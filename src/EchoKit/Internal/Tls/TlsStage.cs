@@ -23,7 +23,7 @@ internal sealed class TlsStage : IStreamStage
 {
     private const byte HandshakeRecord = 0x16;
 
-    private readonly TlsSettings _settings;
+    private volatile TlsSettings _settings; // the certificate and client CAs are replaced by a reload
     private readonly ILogger _logger;
     private readonly SemaphoreSlim _handshakes;
     private volatile SslStreamCertificateContext _context;
@@ -49,10 +49,21 @@ internal sealed class TlsStage : IStreamStage
 
     public StageVerdict OnAccepted(ConnectionContext connection) => StageVerdict.Continue;
 
-    /// <summary>Loads the certificate again (files rotated); on failure the old one stays and the exception says why.</summary>
-    public void Reload()
+    /// <summary>
+    /// Loads the certificate again (files rotated), or the one <paramref name="next"/> names (with its client CAs);
+    /// on failure the old one stays and the exception says why. A self-signed certificate is kept: a new one would
+    /// break every client that pinned it.
+    /// </summary>
+    public void Reload(TlsSettings? next = null)
     {
-        var (context, leaf) = _settings.Certificate.Load(_settings.ClientCertificateAuthorities);
+        var settings = next is null ? _settings : _settings with { Certificate = next.Certificate, ClientCertificateAuthorities = next.ClientCertificateAuthorities };
+        if (settings.Certificate.IsSelfSigned)
+        {
+            return;
+        }
+
+        var (context, leaf) = settings.Certificate.Load(settings.ClientCertificateAuthorities);
+        _settings = settings;
         _context = context;
         Leaf = leaf;
     }
