@@ -28,7 +28,10 @@ internal sealed class ServerMetrics : IDisposable
     private readonly Histogram<double> _tlsHandshake;
     private long _bytesIn; // of the connections closed so far
     private long _bytesOut;
-    private long _reportedIn; // the counters never go back, though a closing connection may be counted in neither table for a moment
+    // The counters never go back, though a closing connection may be counted in neither place for a moment. They
+    // never count one twice: the closed sum is read before the open connections, and an engine takes a connection
+    // out of its open ones (or marks it) before it adds it to the closed sum.
+    private long _reportedIn;
     private long _reportedOut;
 
     public ServerMetrics(EchoServer server)

@@ -60,6 +60,9 @@ internal sealed class EchoConnection
 
     public long BytesIn { get; private set; }
 
+    /// <summary>Its close has been reported (its bytes are in the closed connections' sum from now on).</summary>
+    public volatile bool Reported;
+
     public long BytesOut { get; private set; }
 
     public CloseReason Reason => (CloseReason)Volatile.Read(ref _reason);

@@ -44,8 +44,11 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
         long bytesIn = 0, bytesOut = 0;
         foreach (var connection in _connections.Values)
         {
-            bytesIn += connection.BytesIn;
-            bytesOut += connection.BytesOut;
+            if (!connection.Reported)
+            {
+                bytesIn += connection.BytesIn;
+                bytesOut += connection.BytesOut;
+            }
         }
 
         return (bytesIn, bytesOut);
@@ -168,7 +171,9 @@ internal sealed class SocketStreamEngine(EchoServer server, IReadOnlyList<Stream
     public void OnConnectionClosed(EchoConnection connection, ClosedConnection closed)
     {
         // Reported before the drain can see the engine empty: otherwise the "stopped" line, and the
-        // process's exit, could overtake this connection's "closed" line.
+        // process's exit, could overtake this connection's "closed" line. Marked first, so that the metrics,
+        // which read the closed connections' sum before the open ones, never count its bytes twice.
+        connection.Reported = true;
         server.ReportClosed(closed);
         _connections.TryRemove(connection.Id, out _);
         if (_draining && _connections.IsEmpty)
