@@ -301,6 +301,13 @@ public sealed partial class ChildProcess : IAsyncDisposable
         try
         {
             string line = await process.WaitForStderrAsync("listening on", TimeSpan.FromSeconds(20));
+            if (line.Contains("(Prometheus metrics)", StringComparison.Ordinal))
+            {
+                // --metrics listens first; the echo port's line follows, before "ready: serving".
+                await process.WaitForStderrAsync("ready: serving", TimeSpan.FromSeconds(20));
+                line = process.StandardErrorText.Split('\n').First(l => l.Contains("listening on", StringComparison.Ordinal) && !l.Contains("(Prometheus metrics)", StringComparison.Ordinal));
+            }
+
             return (process, PortOf(line));
         }
         catch
