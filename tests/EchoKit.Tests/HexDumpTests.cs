@@ -86,6 +86,7 @@ public sealed partial class HexDumpTests : IDisposable
         Assert.All(peers, p => Assert.StartsWith("127.0.0.1:", p, StringComparison.Ordinal));
 
         // text2pcap makes a pcap of it, and the TCP payload in it is every byte each way.
+        Assert.SkipUnless(File.Exists("/usr/bin/text2pcap") && File.Exists("/usr/bin/tshark"), "text2pcap and tshark are not installed (.ci/run installs wireshark-common and tshark)");
         string pcap = Path.Combine(_directory, "serve.pcap");
         var text2pcap = await ChildProcess.RunProgramAsync("text2pcap", ExitDeadline, null, "-q", "-D", "-t", "%Y-%m-%dT%H:%M:%S.%f", "-T", "40000,8888", path, pcap);
         Assert.True(text2pcap.ExitCode == 0, text2pcap.Stderr);

@@ -54,6 +54,12 @@ public sealed class ReadmeExampleTests : IDisposable
     {
         var blocks = Blocks(heading);
         string example = blocks.First(b => b.Info == "sh").Text;
+        foreach (string tool in new[] { "unshare", "curl", "systemd-socket-activate", "text2pcap", "tshark" }.Where(t => example.Contains(t + " ", StringComparison.Ordinal)))
+        {
+            Assert.SkipUnless(File.Exists($"/usr/bin/{tool}"), $"{tool} is not installed (.ci/run installs it)");
+        }
+
+        Assert.SkipUnless(File.Exists("/usr/bin/unshare"), "unshare (util-linux) is not installed");
 
         string bin = Directory.CreateDirectory(Path.Combine(_directory, "bin")).FullName;
         string wrapper = Path.Combine(bin, "echokit");
