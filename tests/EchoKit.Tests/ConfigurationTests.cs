@@ -146,6 +146,16 @@ public sealed class ConfigurationTests : IDisposable
         Assert.Equal($"echokit: --config {path}: cannot read it: {why}", result.Stderr);
     }
 
+    [Theory]
+    [InlineData(">/dev/full", "echokit: --print-config: cannot write to stdout: No space left on device (ENOSPC)")]
+    [InlineData(">&-", "echokit: --print-config: stdout is closed")]
+    public async Task Print_config_to_a_stdout_that_cannot_take_it_is_one_line_and_exit_1(string redirection, string expected)
+    {
+        await using var process = ChildProcess.StartWithRedirections(redirection, "serve", "--print-config");
+        Assert.Equal(1, await process.WaitForExitAsync(ExitDeadline));
+        Assert.Equal(expected, process.StandardErrorText.Trim());
+    }
+
     [Fact]
     public async Task A_bad_environment_value_names_the_variable()
     {
