@@ -55,13 +55,7 @@ internal sealed class GuardedOutput(Stream? stdout)
             _broken = true;
         }
 
-        string why = e switch
-        {
-            UnauthorizedAccessException => "Bad file descriptor (EBADF)",
-            IOException { HResult: 32 } => "Broken pipe (EPIPE): the reader has gone",
-            IOException { HResult: 5 } => "Input/output error (EIO)",
-            _ => e.Message,
-        };
+        string why = EchoKit.Internal.FileErrorText.OfWrite(e) + (e is IOException { HResult: EchoKit.Internal.FileErrorText.Epipe } ? ": the reader has gone" : "");
         Console.Error.WriteLine($"echokit: stdout failed ({why}); no longer printing received bytes");
     }
 }

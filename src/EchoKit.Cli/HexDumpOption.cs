@@ -18,13 +18,7 @@ internal static class HexDumpOption
     {
         if (path == "-")
         {
-            if (!StandardStreams.OutputOpen)
-            {
-                return (null, "--hex-dump -: stdout is closed");
-            }
-
-            var stdout = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false), FileAccess.Write, bufferSize: 0);
-            return (new HexDump(stdout, "stdout", logger), null);
+            return StandardStreams.OpenOutput() is { } stdout ? (new HexDump(stdout, "stdout", logger), null) : (null, "--hex-dump -: stdout is closed");
         }
 
         if (Directory.Exists(path))

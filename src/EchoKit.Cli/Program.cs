@@ -97,30 +97,26 @@ namespace EchoKit.Cli
         /// <summary>--print-config's text on stdout: what the user asked for, so a stdout that cannot take it is an error (a reader that went away is not).</summary>
         private static int PrintConfig(string text)
         {
-            if (!StandardStreams.OutputOpen)
+            using var stdout = StandardStreams.OpenOutput();
+            if (stdout is null)
             {
                 return Fail(ExitCodes.Error, "--print-config: stdout is closed");
             }
 
             try
             {
-                using var stdout = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false), FileAccess.Write, bufferSize: 0);
                 stdout.Write(System.Text.Encoding.UTF8.GetBytes(text));
                 return ExitCodes.Ok;
             }
-            catch (IOException e) when (e.HResult == EPIPE)
+            catch (IOException e) when (e.HResult == EchoKit.Internal.FileErrorText.Epipe)
             {
                 return ExitCodes.Ok; // `| head`: the reader has what it wanted
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                string why = e is UnauthorizedAccessException ? "Bad file descriptor (EBADF)"
-                    : e.HResult switch { 28 => $"{e.Message} (ENOSPC)", 5 => $"{e.Message} (EIO)", _ => e.Message };
-                return Fail(ExitCodes.Error, $"--print-config: cannot write to stdout: {why}");
+                return Fail(ExitCodes.Error, $"--print-config: cannot write to stdout: {EchoKit.Internal.FileErrorText.OfWrite(e)}");
             }
         }
-
-        private const int EPIPE = 32;
 
         /// <summary>A bad value found after parsing: one line, with where to read more, and exit 2.</summary>
         public static int FailUsage(string command, string message) =>

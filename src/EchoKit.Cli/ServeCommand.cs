@@ -237,12 +237,22 @@ internal static class ServeCommand
                 return Program.Fail(ExitCodes.CannotListen, activationError);
             }
 
-            var options = new EchoServerOptions
+            // What a reload (SIGHUP) may change: taken from the configuration at start, and again at each reload.
+            EchoServerOptions Reloadable(ParseResult from, Internal.Access.AccessSettings? accessRules) => new()
+            {
+                MaxConnections = from.GetValue(maxConnections),
+                IdleTimeout = idleTimeout.Get(from)!.Value,
+                SendTimeout = sendTimeout.Get(from)!.Value,
+                ShutdownTimeout = shutdownTimeout.Get(from)!.Value,
+                UdpRate = from.GetValue(udpRate),
+                Access = accessRules,
+            };
+
+            var options = Reloadable(result, accessSettings) with
             {
                 Inherited = inherited,
                 Stages = proxyStage is null ? [] : [proxyStage],
                 Tls = tlsSettings,
-                Access = accessSettings,
                 HealthPort = access.HealthPort(result),
                 ReusePort = access.ReusePort(result),
                 Port = result.GetValue(port),
@@ -251,17 +261,12 @@ internal static class ServeCommand
                 Family = onlyFamily,
                 Tcp = servesTcp,
                 Udp = result.GetValue(udp),
-                UdpRate = result.GetValue(udpRate),
                 UdpAllowLowPorts = result.GetValue(udpLowPorts),
                 MaxDatagramSize = result.GetValue(maxDatagram),
                 UdpReceiveBufferBytes = result.GetValue(udpReceiveBuffer),
                 UdpSendBufferBytes = result.GetValue(udpSendBuffer),
                 UnixMode = result.GetValue(unixMode),
                 SendGreeting = !result.GetValue(noGreeting),
-                ShutdownTimeout = shutdownTimeout.Get(result)!.Value,
-                MaxConnections = result.GetValue(maxConnections),
-                IdleTimeout = idleTimeout.Get(result)!.Value,
-                SendTimeout = sendTimeout.Get(result)!.Value,
                 Engine = result.GetValue(engine),
                 EngineLoops = result.GetValue(loops),
                 BusyPoll = busyPoll.Get(result)!.Value,
@@ -269,8 +274,7 @@ internal static class ServeCommand
             string? activation = inherited is null ? null
                 : $"socket activation: serving the {inherited.Count} socket{(inherited.Count == 1 ? "" : "s")} systemd passed"
                     + (inheritedNames is { Length: > 0 } ? $" ({inheritedNames.Replace(':', ',')})" : "") + " instead of binding";
-            // What a reload (SIGHUP) may change, read from the configuration read again.
-            ServeReload.Reloaded Reloadable(ParseResult again)
+            ServeReload.Reloaded Reload(ParseResult again)
             {
                 var (reloadedAccess, usage, error) = access.Read(again, unixPath is not null);
                 if ((usage ?? error) is { } why)
@@ -284,18 +288,10 @@ internal static class ServeCommand
                     return new ServeReload.Reloaded(null, default, null, tlsWhy);
                 }
 
-                return new ServeReload.Reloaded(new EchoServerOptions
-                {
-                    MaxConnections = again.GetValue(maxConnections),
-                    IdleTimeout = idleTimeout.Get(again)!.Value,
-                    SendTimeout = sendTimeout.Get(again)!.Value,
-                    ShutdownTimeout = shutdownTimeout.Get(again)!.Value,
-                    UdpRate = again.GetValue(udpRate),
-                    Access = reloadedAccess,
-                }, again.GetValue(logLevel), reloadedTls, null);
+                return new ServeReload.Reloaded(Reloadable(again, reloadedAccess), again.GetValue(logLevel), reloadedTls, null);
             }
 
-            var reload = new ServeReload(configuration, Reloadable);
+            var reload = new ServeReload(configuration, Reload);
             var output = new OutputSettings(result.GetValue(quiet), result.GetValue(tag), result.GetValue(logLevel), result.GetValue(logFormat) == "json", result.GetValue(hexDump));
             return await RunAsync(options, output, activation, metricsAt, reload).ConfigureAwait(false);
         });
@@ -371,17 +367,23 @@ internal static class ServeCommand
             : new StdoutPayloadSink(StandardStreams.Output, escapeControls: StandardStreams.OutputIsTerminal, tag);
         var server = new EchoServer(options, logger, sink);
 
-        // Before the echo port: the "ready: serving" line (and READY=1) then means everything is up.
-        string? metricsError = null;
-        using var metricsEndpoint = metricsAt is null ? null : MetricsEndpoint.Start(metricsAt, out metricsError);
-        if (metricsError is not null)
+        // Nothing started: what stdout has queued is given a moment, then the one line and the exit code.
+        async Task<int> FailToStartAsync(int exitCode, string message)
         {
             if (sink is not null)
             {
                 await sink.DisposeAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
             }
 
-            return Program.Fail(ExitCodes.CannotListen, metricsError);
+            return Program.Fail(exitCode, message);
+        }
+
+        // Before the echo port: the "ready: serving" line (and READY=1) then means everything is up.
+        string? metricsError = null;
+        using var metricsEndpoint = metricsAt is null ? null : MetricsEndpoint.Start(metricsAt, out metricsError);
+        if (metricsError is not null)
+        {
+            return await FailToStartAsync(ExitCodes.CannotListen, metricsError).ConfigureAwait(false);
         }
 
         if (metricsEndpoint is not null)
@@ -393,12 +395,7 @@ internal static class ServeCommand
         using var otlpExporter = otlp;
         if (otlpError is not null)
         {
-            if (sink is not null)
-            {
-                await sink.DisposeAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
-            }
-
-            return Program.Fail(ExitCodes.Usage, otlpError);
+            return await FailToStartAsync(ExitCodes.Usage, otlpError).ConfigureAwait(false);
         }
 
         if (otlpDescription is not null)
@@ -439,21 +436,11 @@ internal static class ServeCommand
         }
         catch (ListenFailedException e)
         {
-            if (sink is not null)
-            {
-                await sink.DisposeAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
-            }
-
-            return Program.Fail(ExitCodes.CannotListen, e.Message + Hint(e));
+            return await FailToStartAsync(ExitCodes.CannotListen, e.Message + Hint(e)).ConfigureAwait(false);
         }
         catch (TlsConfigurationException e)
         {
-            if (sink is not null)
-            {
-                await sink.DisposeAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
-            }
-
-            return Program.Fail(ExitCodes.CannotListen, "TLS: " + e.Message);
+            return await FailToStartAsync(ExitCodes.CannotListen, "TLS: " + e.Message).ConfigureAwait(false);
         }
 
         if (server.TlsCertificate is { } certificate)

@@ -70,8 +70,10 @@ internal static class StandardStreams
     /// stdout for bytes (payload, received data): the one shared <see cref="GuardedOutput"/>, whose first
     /// failure is one warning on stderr.
     /// </summary>
-    public static GuardedOutput Output => s_output ??= new GuardedOutput(
-        OutputOpen ? new FileStream(new SafeFileHandle(1, ownsHandle: false), FileAccess.Write, bufferSize: 0) : null);
+    public static GuardedOutput Output => s_output ??= new GuardedOutput(OpenOutput());
+
+    /// <summary>Descriptor 1 as a stream, unbuffered and not owned (null when stdout was closed at start): for what writes it whole.</summary>
+    public static Stream? OpenOutput() => OutputOpen ? new FileStream(new SafeFileHandle(1, ownsHandle: false), FileAccess.Write, bufferSize: 0) : null;
 
     private static bool Inherited(int fd, bool write)
     {

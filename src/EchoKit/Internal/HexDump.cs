@@ -187,7 +187,7 @@ internal sealed class HexDump : IDisposable
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException or NotSupportedException)
         {
             _failed = true;
-            Log.HexDumpFailed(_logger, _name, e is UnauthorizedAccessException ? "Bad file descriptor (EBADF)" : e.Message);
+            Log.HexDumpFailed(_logger, _name, FileErrorText.OfWrite(e));
             while (_chunks.TryTake(out var lost))
             {
                 Interlocked.Add(ref _droppedTotal, lost.Bytes?.Length ?? 0);
