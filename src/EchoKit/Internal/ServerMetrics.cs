@@ -102,10 +102,11 @@ internal sealed class ServerMetrics : IDisposable
     {
         var tags = Peer(closed.Peer);
         tags.Add("echokit.close_reason", ReasonName(closed.Reason));
-        _closed.Add(1, tags);
-        _duration.Record(closed.Duration.TotalSeconds, tags);
+        // The count last: whoever sees a connection counted as closed sees its bytes and duration too.
         Interlocked.Add(ref _bytesIn, closed.BytesIn);
         Interlocked.Add(ref _bytesOut, closed.BytesOut);
+        _duration.Record(closed.Duration.TotalSeconds, tags);
+        _closed.Add(1, tags);
     }
 
     /// <summary>A connection refused before it was served (a refusal after a prefix, too).</summary>
