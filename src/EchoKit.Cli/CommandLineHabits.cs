@@ -75,8 +75,12 @@ internal static class CommandLineHabits
         return null;
     }
 
+    /// <summary>The candidate nearest to <paramref name="typed"/>, if it is within two edits (a typo); else null. For "did you mean".</summary>
+    internal static string? Nearest(IEnumerable<string> candidates, string typed) =>
+        candidates.MinBy(c => Distance(c, typed)) is { } nearest && Distance(nearest, typed) <= 2 ? nearest : null;
+
     /// <summary>Levenshtein distance, for "did you mean".</summary>
-    internal static int Distance(string a, string b)
+    private static int Distance(string a, string b)
     {
         var row = Enumerable.Range(0, b.Length + 1).ToArray();
         for (int i = 1; i <= a.Length; i++)

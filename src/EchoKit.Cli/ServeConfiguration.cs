@@ -46,10 +46,10 @@ internal sealed class ServeConfiguration(string[] args)
     }
 
     /// <summary>
-    /// Reads the file and the environment again and parses them under the command line. A
-    /// <paramref name="parsed"/> result whose command is not serve is returned as it is.
+    /// Reads the file and the environment (again, at a reload) and parses them under <paramref name="parsed"/>, the
+    /// serve command line alone: the result to run with, or the one line that says what is wrong.
     /// </summary>
-    public (Layered? Layered, string? Error) Layer(ParseResult parsed, IDictionary? environment = null)
+    public (Layered? Layered, string? Error) Layer(ParseResult parsed)
     {
         var serve = parsed.CommandResult.Command;
         var settings = new List<Setting>();
@@ -65,7 +65,7 @@ internal sealed class ServeConfiguration(string[] args)
         var byVariable = Keyed(serve).ToDictionary(k => VariableOf(k.Key), k => k.Option, StringComparer.Ordinal);
         var fromEnvironment = new Dictionary<Option, (List<string> Values, string Source)>();
         var unknown = new List<string>();
-        foreach (DictionaryEntry entry in environment ?? Environment.GetEnvironmentVariables())
+        foreach (DictionaryEntry entry in Environment.GetEnvironmentVariables())
         {
             if (entry.Key is not string name || !name.StartsWith(EnvironmentPrefix, StringComparison.Ordinal) || entry.Value is not string text)
             {
@@ -74,8 +74,7 @@ internal sealed class ServeConfiguration(string[] args)
 
             if (!byVariable.TryGetValue(name, out var option))
             {
-                string nearest = byVariable.Keys.MinBy(k => CommandLineHabits.Distance(k, name))!;
-                unknown.Add(CommandLineHabits.Distance(nearest, name) <= 2
+                unknown.Add(CommandLineHabits.Nearest(byVariable.Keys, name) is { } nearest
                     ? $"{Printable(name)} is not a setting (did you mean {nearest}?); ignored"
                     : $"{Printable(name)} is not a setting of serve; ignored");
                 continue;
@@ -237,8 +236,7 @@ internal sealed class ServeConfiguration(string[] args)
 
             if (!keyed.TryGetValue(key, out var option))
             {
-                string nearest = keyed.Keys.MinBy(k => CommandLineHabits.Distance(k, key))!;
-                string hint = CommandLineHabits.Distance(nearest, key) <= 2 ? $"; did you mean '{nearest}'?" : "";
+                string hint = CommandLineHabits.Nearest(keyed.Keys, key) is { } nearest ? $"; did you mean '{nearest}'?" : "";
                 return $"{Where(keyColumn)}: unknown key '{Printable(key)}'{hint} (the keys are serve's flags without the dashes: see 'echokit serve --help')";
             }
 

@@ -280,10 +280,10 @@ public sealed partial class EchoServer : IAsyncDisposable
     internal System.Security.Cryptography.X509Certificates.X509Certificate2? TlsCertificate => _tls?.Leaf;
 
     /// <summary>
-    /// Loads the TLS certificate and key again (SIGHUP) for new handshakes; established connections keep theirs.
-    /// A file that does not load leaves the old certificate in place: the exception says why.
+    /// Loads the TLS certificate and key again (SIGHUP), from their files or from those <paramref name="next"/> names,
+    /// for new handshakes; established connections keep theirs. A file that does not load leaves the old certificate
+    /// in place: the <see cref="Internal.Tls.TlsConfigurationException"/> says why.
     /// </summary>
-    /// <summary>The certificate loaded again from its files, or from those of <paramref name="next"/>; throws <see cref="Internal.Tls.TlsConfigurationException"/> and keeps the old one when it cannot.</summary>
     internal void ReloadTls(Internal.Tls.TlsSettings? next = null) => _tls?.Reload(next);
 
     /// <summary>
@@ -310,8 +310,8 @@ public sealed partial class EchoServer : IAsyncDisposable
             int limit = EffectiveConnectionLimit();
             lock (_limitLock)
             {
-                // Still short of descriptors (capped): the lower of the two until the descriptors are back.
-                bool capped = _connectionLimit != _startConnectionLimit;
+                // Still short of descriptors (Capped): the lower of the two until the descriptors are back.
+                bool capped = Capped;
                 _startConnectionLimit = limit;
                 _connectionLimit = !capped ? limit : limit == 0 ? _connectionLimit : Math.Min(limit, _connectionLimit);
             }
@@ -380,7 +380,7 @@ public sealed partial class EchoServer : IAsyncDisposable
     internal void ReportClosed(ClosedConnection closed)
     {
         Interlocked.Decrement(ref _activeCount);
-        _access?.Released(closed.Id);
+        _access.Released(closed.Id);
         if (PayloadSink is { } sink && _logger.IsEnabled(LogLevel.Information))
         {
             // After the connection's bytes are out: on one terminal, no payload line follows its "closed" line.

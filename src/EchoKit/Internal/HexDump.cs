@@ -29,7 +29,6 @@ internal sealed class HexDump : IDisposable
     private readonly Stream _output;
     private readonly string _name;
     private readonly ILogger _logger;
-    private readonly bool _leaveOpen;
     private readonly Thread _writer;
     private long _queuedBytes;
     private long _droppedBytes; // since the last gap line
@@ -40,14 +39,13 @@ internal sealed class HexDump : IDisposable
 
     private readonly record struct Chunk(long Id, string Peer, bool Inbound, DateTime Time, long Offset, byte[]? Bytes, string? Note, bool Datagram = false);
 
-    /// <param name="output">Where the lines go (a file, or stdout); disposed with the dump unless <paramref name="leaveOpen"/>.</param>
+    /// <param name="output">Where the lines go (a file, or stdout); disposed with the dump.</param>
     /// <param name="name">The file's name, for log lines.</param>
-    public HexDump(Stream output, string name, ILogger logger, bool leaveOpen = false)
+    public HexDump(Stream output, string name, ILogger logger)
     {
         _output = output;
         _name = name;
         _logger = logger;
-        _leaveOpen = leaveOpen;
         _writer = new Thread(WriteLoop) { IsBackground = true, Name = "echokit-hexdump" };
         _writer.Start();
     }
@@ -257,7 +255,7 @@ internal sealed class HexDump : IDisposable
     {
         _chunks.CompleteAdding();
         bool done = _writer.Join(wait);
-        if (done && !_leaveOpen)
+        if (done)
         {
             _output.Dispose();
         }

@@ -21,9 +21,6 @@ internal sealed class DatagramEchoService : IDisposable
 
     private readonly Socket[] _sockets;
     private readonly DatagramPolicy _policy;
-
-    /// <summary>What this service answers and drops, and its counts.</summary>
-    internal DatagramPolicy Policy => _policy;
     private readonly IPayloadSink? _sink;
     private readonly ILogger _logger;
     private readonly BatchedDatagramLoop[] _batched = [];
@@ -148,14 +145,17 @@ internal sealed class DatagramEchoService : IDisposable
         return DatagramNative.SetReusePort(fd) == 0 && SocketFilter.SteerByCpu(fd, loops) == 0;
     }
 
-    /// <summary>Serves a Unix datagram socket at <paramref name="path"/> (a stale file is replaced, a live one refused).</summary>
     /// <summary>
     /// Serves a bound datagram socket someone else made (systemd's socket activation): one loop, its options as
     /// they were given (no SO_REUSEPORT group), and a Unix socket's file is left where it is at the stop.
     /// </summary>
+    /// <summary>What this service answers and drops, and its counts.</summary>
+    internal DatagramPolicy Policy => _policy;
+
     public static DatagramEchoService Adopt(Socket socket, EchoServerOptions options, ILogger logger, IPayloadSink? sink, Access.AccessStage? access) =>
         new([socket], EngineChoice.UsesEpoll(options.Engine), options, logger, sink, access);
 
+    /// <summary>Serves a Unix datagram socket at <paramref name="path"/> (a stale file is replaced, a live one refused).</summary>
     public static DatagramEchoService OpenUnix(string path, EchoServerOptions options, ILogger logger, IPayloadSink? sink, Access.AccessStage? access)
     {
         var socket = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);

@@ -131,7 +131,6 @@ internal sealed unsafe partial class EpollLoop
     /// <summary>Completes when the loop has ended (after a drain) and its descriptors are closed.</summary>
     public Task Exited => _exited.Task;
 
-    /// <summary>Runs <paramref name="command"/> on the loop's thread; false if the loop has ended (it never will).</summary>
     /// <summary>What this loop's connections have moved so far (read from another thread: a scrape may be a message behind).</summary>
     public (long In, long Out) OpenBytes()
     {
@@ -164,6 +163,7 @@ internal sealed unsafe partial class EpollLoop
         _timeoutTickMs = policy.Any ? (int)policy.CheckInterval.TotalMilliseconds : -1;
     }
 
+    /// <summary>Runs <paramref name="command"/> on the loop's thread; false if the loop has ended (it never will).</summary>
     public bool Post(Action command)
     {
         // Under the gate, so that a late caller (a sink write completing after the loop ended) never

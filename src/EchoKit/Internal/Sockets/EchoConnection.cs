@@ -60,10 +60,10 @@ internal sealed class EchoConnection
 
     public long BytesIn { get; private set; }
 
+    public long BytesOut { get; private set; }
+
     /// <summary>Its close has been reported (its bytes are in the closed connections' sum from now on).</summary>
     public volatile bool Reported;
-
-    public long BytesOut { get; private set; }
 
     public CloseReason Reason => (CloseReason)Volatile.Read(ref _reason);
 
@@ -197,9 +197,7 @@ internal sealed class EchoConnection
                 return null;
             }
 
-            Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
-            _server.Options.HexDump?.Record(Id, Peer, inbound: true, BytesIn, buffer.AsSpan(0, received));
-            BytesIn += received;
+            Received(buffer.AsSpan(0, received));
             if (reader.Feed(buffer.AsSpan(0, received)) is not { } outcome)
             {
                 continue;
@@ -265,9 +263,7 @@ internal sealed class EchoConnection
                     break;
                 }
 
-                Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
-                _server.Options.HexDump?.Record(Id, Peer, inbound: true, BytesIn, buffer.AsSpan(0, received));
-                BytesIn += received;
+                Received(buffer.AsSpan(0, received));
                 if (_finSent)
                 {
                     continue; // we already said goodbye at shutdown; drop what still arrives
@@ -331,6 +327,14 @@ internal sealed class EchoConnection
         {
             // The connection is ending by itself.
         }
+    }
+
+    /// <summary>Bytes just read from the peer: activity for the idle timeout, counted, and dumped (--hex-dump).</summary>
+    private void Received(ReadOnlySpan<byte> bytes)
+    {
+        Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
+        _server.Options.HexDump?.Record(Id, Peer, inbound: true, BytesIn, bytes);
+        BytesIn += bytes.Length;
     }
 
     /// <summary>A write through the wrapper; while it waits, the send timeout watches it.</summary>
@@ -402,9 +406,7 @@ internal sealed class EchoConnection
                         return true;
                     }
 
-                    Volatile.Write(ref _lastReceiveMs, MonotonicClock.Milliseconds);
-                    _server.Options.HexDump?.Record(Id, Peer, inbound: true, BytesIn, buffer.AsSpan(0, received));
-                    BytesIn += received;
+                    Received(buffer.AsSpan(0, received));
                     if (_finSent)
                     {
                         continue; // we already said goodbye at shutdown; drop what still arrives
